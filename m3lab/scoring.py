@@ -1,0 +1,168 @@
+"""The relevance scores of M3-Embedding, one function per formula (paper section 3.2).
+
+Every score in m3lab — inference, indexes, training losses, the app — is computed
+here. Functions take NumPy arrays or torch tensors; torch inputs keep their autograd
+graph so the losses can use the same code.
+
+==============================  ============================================
+s_dense = <e_q, e_p>            :func:`dense_scores`
+s_lex = sum w_qt * w_pt         :func:`sparse_scores`, :func:`sparse_scores_from_tokens`
+s_mul = 1/N sum_i max_j E_q E_p  :func:`colbert_scores`, :func:`colbert_scores_chunked`
+s_rank / s_inter (eq. 2)        :func:`combine_scores`
+==============================  ============================================
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+#: Hybrid weights (w_dense, w_sparse, w_colbert) bge-m3 uses in practice (PAPER.md, 3.2).
+DEFAULT_WEIGHTS: tuple[float, float, float] = (1.0, 0.3, 1.0)
+
+
+def _as_tensor(x) -> torch.Tensor:
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def dense_scores(q, p):
+    """s_dense = <e_q, e_p> for every query/passage pair (section 3.2).
+
+    ``q`` (n_q, d) and ``p`` (n_p, d) are L2-normalised dense embeddings; returns (n_q, n_p)
+    of the same kind (NumPy or torch) as ``q``.
+    """
+    if isinstance(q, torch.Tensor):
+        return q @ _as_tensor(p).to(q.dtype).T
+    return np.asarray(q, dtype=np.float32) @ np.asarray(p, dtype=np.float32).T
+
+
+def sparse_scores(q, p):
+    """s_lex = sum over tokens t in both q and p of w_qt * w_pt (section 3.2).
+
+    ``q`` and ``p`` are lexical-weight matrices with one row per text and one column per
+    token id (repeated tokens already max-pooled): ``scipy.sparse`` matrices at inference
+    (a sparse product, no loop over pairs) or dense torch tensors over a compact batch
+    vocabulary in training. Returns a dense (n_q, n_p) array or tensor.
+    """
+    if sp.issparse(q) or sp.issparse(p):
+        out = sp.csr_matrix(q) @ sp.csr_matrix(p).T
+        return np.asarray(out.toarray(), dtype=np.float32)
+    if isinstance(q, torch.Tensor):
+        return q @ _as_tensor(p).to(q.dtype).T
+    return np.asarray(q, dtype=np.float32) @ np.asarray(p, dtype=np.float32).T
+
+
+def lexical_matrix(token_weights: torch.Tensor, input_ids: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
+    """Per-text lexical vectors over a compact vocabulary, differentiably.
+
+    A token that occurs several times keeps its max weight (section 3.2). ``vocab`` is a
+    sorted 1-D tensor of the token ids that may occur (e.g. the batch's own ids), so the
+    result is (batch, len(vocab)) instead of the reference code's (batch, length, V).
+    ``token_weights`` must already be zero at special and padding positions.
+    """
+    index = torch.searchsorted(vocab, input_ids)
+    out = token_weights.new_zeros(token_weights.shape[0], vocab.numel())
+    return out.scatter_reduce(1, index, token_weights, reduce="amax", include_self=True)
+
+
+def sparse_scores_from_tokens(q_weights: torch.Tensor, q_ids: torch.Tensor,
+                              p_weights: torch.Tensor, p_ids: torch.Tensor) -> torch.Tensor:
+    """s_lex for every pair from token weights and ids, without a vocabulary-sized tensor.
+
+    Memory is (n_q + n_p) x U with U the number of distinct ids in the batch, instead of
+    batch x length x V. Equal to :func:`sparse_scores` on the full-vocabulary matrices.
+    """
+    vocab = torch.unique(torch.cat([q_ids.reshape(-1), p_ids.reshape(-1)]))
+    return sparse_scores(lexical_matrix(q_weights, q_ids, vocab), lexical_matrix(p_weights, p_ids, vocab))
+
+
+def colbert_scores(q: torch.Tensor, q_mask: torch.Tensor, p: torch.Tensor, p_mask: torch.Tensor) -> torch.Tensor:
+    """s_mul = 1/N sum_i max_j <E_q[i], E_p[j]> for every query/passage pair (section 3.2).
+
+    ``q`` (n_q, L_q, d) and ``p`` (n_p, L_p, d) are padded, normalised multi-vector
+    embeddings; the masks (1 = real token) exclude padding from the max and from N, the
+    number of query vectors. Returns (n_q, n_p). Memory is n_q*L_q*n_p*L_p: chunk large
+    inputs with :func:`colbert_scores_chunked`.
+    """
+    n_q, l_q, d = q.shape
+    n_p, l_p, _ = p.shape
+    sim = (q.reshape(n_q * l_q, d) @ p.reshape(n_p * l_p, d).T).view(n_q, l_q, n_p, l_p)
+    sim = sim.masked_fill(~p_mask.bool().view(1, 1, n_p, l_p), float("-inf"))
+    best = sim.amax(dim=-1)  # (n_q, l_q, n_p): each query token's best passage token
+    q_mask = q_mask.to(best.dtype)
+    best = torch.where(q_mask.bool().unsqueeze(-1), best, torch.zeros_like(best))
+    return best.sum(dim=1) / q_mask.sum(dim=1, keepdim=True).clamp(min=1)
+
+
+def pad_vectors(vectors: Sequence[np.ndarray], dim: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack variable-length (L_i, d) arrays into a zero-padded (n, max L, d) tensor and its mask."""
+    dim = dim if dim is not None else (vectors[0].shape[1] if len(vectors) else 0)
+    length = max((len(v) for v in vectors), default=0)
+    out = np.zeros((len(vectors), max(length, 1), dim), dtype=np.float32)
+    mask = np.zeros((len(vectors), max(length, 1)), dtype=bool)
+    for i, v in enumerate(vectors):
+        out[i, : len(v)] = v
+        mask[i, : len(v)] = True
+    return torch.from_numpy(out), torch.from_numpy(mask)
+
+
+def colbert_scores_chunked(queries: Sequence[np.ndarray], passages: Sequence[np.ndarray], *,
+                           max_elements: int = 1 << 25, query_rows: int = 4096) -> np.ndarray:
+    """All-pairs s_mul for lists of (L_i, d) arrays, in bounded memory.
+
+    Queries and passages are sorted by length and processed in chunks whose similarity
+    block holds at most ``max_elements`` floats (128 MB by default), so 10k x 10k pairs
+    run in constant memory and padding stays small. Each chunk calls :func:`colbert_scores`.
+    """
+    n_q, n_p = len(queries), len(passages)
+    out = np.zeros((n_q, n_p), dtype=np.float32)
+    if n_q == 0 or n_p == 0:
+        return out
+    q_order = np.argsort([len(v) for v in queries], kind="stable")
+    p_order = np.argsort([len(v) for v in passages], kind="stable")
+    p_lens = np.array([max(len(passages[i]), 1) for i in p_order])
+    with torch.inference_mode():
+        qs = 0
+        while qs < n_q:
+            qe = qs + 1
+            while qe < n_q and (qe - qs + 1) * max(len(queries[q_order[qe]]), 1) <= query_rows:
+                qe += 1
+            q_idx = q_order[qs:qe]
+            q_pad, q_mask = pad_vectors([queries[i] for i in q_idx])
+            rows = q_pad.shape[0] * q_pad.shape[1]
+            ps = 0
+            while ps < n_p:
+                pe = ps + 1
+                while pe < n_p and rows * (pe - ps + 1) * p_lens[pe] <= max_elements:
+                    pe += 1
+                p_idx = p_order[ps:pe]
+                p_pad, p_mask = pad_vectors([passages[i] for i in p_idx])
+                block = colbert_scores(q_pad, q_mask, p_pad, p_mask).numpy()
+                out[np.ix_(q_idx, p_idx)] = block
+                ps = pe
+            qs = qe
+    return out
+
+
+def combine_scores(dense=None, sparse=None, colbert=None,
+                   weights: Sequence[float] = DEFAULT_WEIGHTS):
+    """The weighted sum w1*s_dense + w2*s_lex + w3*s_mul.
+
+    This is both the hybrid ranking score s_rank (section 3.2) and the ensemble teacher
+    s_inter of self-knowledge distillation (eq. 2). A component may be ``None`` only if
+    its weight is 0.
+    """
+    if len(weights) != 3:
+        raise ValueError(f"weights must be (w_dense, w_sparse, w_colbert), got {tuple(weights)}")
+    total = None
+    for name, s, w in zip(("dense", "sparse", "colbert"), (dense, sparse, colbert), weights):
+        if w == 0:
+            continue
+        if s is None:
+            raise ValueError(f"weight for {name} is {w} but no {name} scores were given")
+        total = w * s if total is None else total + w * s
+    if total is None:
+        raise ValueError("all weights are zero")
+    return total
