@@ -29,7 +29,7 @@ def data_dir() -> Path:
     found = _data_dir()
     if found is None:
         pytest.skip("../shared/data not found: set M3LAB_DATA_DIR to a folder with xquad/ and tatoeba/")
-    os.environ.setdefault("M3LAB_DATA_DIR", str(found))
+    os.environ["M3LAB_DATA_DIR"] = str(found)
     return found
 
 
