@@ -6,7 +6,8 @@ graph so the losses can use the same code.
 
 ==============================  ============================================
 s_dense = <e_q, e_p>            :func:`dense_scores`
-s_lex = sum w_qt * w_pt         :func:`sparse_scores`, :func:`sparse_scores_from_tokens`
+s_lex = sum w_qt * w_pt         :func:`sparse_scores`, :func:`sparse_scores_from_tokens`,
+                                :func:`sparse_scores_inverted`
 s_mul = 1/N sum_i max_j E_q E_p  :func:`colbert_scores`, :func:`colbert_scores_chunked`
 s_rank / s_inter (eq. 2)        :func:`combine_scores`
 ==============================  ============================================
@@ -54,6 +55,17 @@ def sparse_scores(q, p):
     return np.asarray(q, dtype=np.float32) @ np.asarray(p, dtype=np.float32).T
 
 
+def sparse_scores_inverted(q, inverted: sp.spmatrix) -> np.ndarray:
+    """s_lex against an inverted index: :func:`sparse_scores` with the passages pre-transposed.
+
+    ``inverted`` is the (vocab, n_p) CSR matrix ``p.T`` (one row per token id, listing the
+    passages that contain it), so a batch of queries costs one sparse product and no
+    conversion of the corpus per call. Equal to ``sparse_scores(q, inverted.T)``.
+    """
+    out = sp.csr_matrix(q) @ sp.csr_matrix(inverted)
+    return np.asarray(out.toarray(), dtype=np.float32)
+
+
 def lexical_matrix(token_weights: torch.Tensor, input_ids: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:
     """Per-text lexical vectors over a compact vocabulary, differentiably.
 
@@ -62,7 +74,7 @@ def lexical_matrix(token_weights: torch.Tensor, input_ids: torch.Tensor, vocab: 
     result is (batch, len(vocab)) instead of the reference code's (batch, length, V).
     ``token_weights`` must already be zero at special and padding positions.
     """
-    index = torch.searchsorted(vocab, input_ids)
+    index = torch.searchsorted(vocab, input_ids.contiguous())
     out = token_weights.new_zeros(token_weights.shape[0], vocab.numel())
     return out.scatter_reduce(1, index, token_weights, reduce="amax", include_self=True)
 
@@ -113,7 +125,8 @@ def colbert_scores_chunked(queries: Sequence[np.ndarray], passages: Sequence[np.
     """All-pairs s_mul for lists of (L_i, d) arrays, in bounded memory.
 
     Queries and passages are sorted by length and processed in chunks whose similarity
-    block holds at most ``max_elements`` floats (128 MB by default), so 10k x 10k pairs
+    block and padded passage block each hold at most ``max_elements`` floats (128 MB by
+    default; one passage longer than that is a chunk of its own), so 10k x 10k pairs
     run in constant memory and padding stays small. Each chunk calls :func:`colbert_scores`.
     """
     n_q, n_p = len(queries), len(passages)
@@ -132,10 +145,13 @@ def colbert_scores_chunked(queries: Sequence[np.ndarray], passages: Sequence[np.
             q_idx = q_order[qs:qe]
             q_pad, q_mask = pad_vectors([queries[i] for i in q_idx])
             rows = q_pad.shape[0] * q_pad.shape[1]
+            # the padded passages (count x length x d) must fit too, not only the similarity block
+            # (count x length x rows): for a few short queries (rows < d) they are the larger tensor
+            width = max(rows, q_pad.shape[2])
             ps = 0
             while ps < n_p:
                 pe = ps + 1
-                while pe < n_p and rows * (pe - ps + 1) * p_lens[pe] <= max_elements:
+                while pe < n_p and width * (pe - ps + 1) * p_lens[pe] <= max_elements:
                     pe += 1
                 p_idx = p_order[ps:pe]
                 p_pad, p_mask = pad_vectors([passages[i] for i in p_idx])
