@@ -65,6 +65,9 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for item in tmp.rglob("*"):  # libraries that write via temp files leave 0600 behind
+        if item.is_file():
+            os.chmod(item, 0o666 & ~_umask())
     backup = None
     if path.exists():
         backup = path.with_name(f".{path.name}.old-{os.getpid()}")

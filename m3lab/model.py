@@ -16,6 +16,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -36,6 +37,9 @@ SPARSE_FILE = "sparse_linear.pt"
 CONFIG_FILE = "m3lab_config.json"
 POOLINGS = ("cls", "mean")
 MCLS_INTERVAL = 256  # appendix B.2: a [CLS] every 256 tokens
+#: The fixed cost of one forward pass on CPU, in tokens: encode cuts a length-sorted batch
+#: early where the padding it saves is worth more than one more call (see plan_batches).
+CPU_BATCH_OVERHEAD_TOKENS = 128
 
 
 # ----------------------------------------------------------------------------- the three functions
@@ -138,12 +142,45 @@ class EncodeOutput:
         )
 
 
+def plan_batches(lengths: Sequence[int], batch_size: int,
+                 overhead_tokens: float | None = CPU_BATCH_OVERHEAD_TOKENS) -> list[np.ndarray]:
+    """Group texts (by index) into batches of at most ``batch_size``, longest first.
+
+    Texts are sorted by decreasing token length, as bge-m3's encode does, so a batch pads
+    to its first text. Fixed-size batches of sorted texts still pad a lot where lengths
+    fall fast (25% of XQuAD paragraph tokens at batch 32). With ``overhead_tokens`` the
+    sorted run is cut where that pays: the cut points minimise
+    sum over batches of (texts x longest length + overhead_tokens), i.e. padded tokens plus
+    a fixed cost per forward pass, by dynamic programming (n x batch_size steps).
+    ``None`` cuts every ``batch_size`` texts (used on GPUs, where a fuller batch is cheap).
+    """
+    order = np.argsort([-n for n in lengths], kind="stable")
+    n = len(order)
+    if overhead_tokens is None or n <= 1:
+        return [order[s:s + batch_size] for s in range(0, n, batch_size)]
+    sorted_len = [int(lengths[i]) for i in order]
+    cost = [0.0] * (n + 1)
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        best, arg = float("inf"), 0
+        for start in range(max(0, end - batch_size), end):
+            c = cost[start] + (end - start) * sorted_len[start]  # the batch pads to its first (longest) text
+            if c < best:
+                best, arg = c, start
+        cost[end], cut[end] = best + overhead_tokens, arg
+    bounds, end = [], n
+    while end > 0:
+        bounds.append((cut[end], end))
+        end = cut[end]
+    return [order[s:e] for s, e in reversed(bounds)]
+
+
 def sparse_dicts_to_csr(weights: Sequence[dict[int, float]], vocab_size: int) -> sp.csr_matrix:
     """Stack ``{token_id: weight}`` dicts into an (n, vocab_size) CSR matrix."""
     indptr = np.zeros(len(weights) + 1, dtype=np.int64)
     indptr[1:] = np.cumsum([len(w) for w in weights])
-    indices = np.fromiter((t for w in weights for t in w), dtype=np.int64, count=int(indptr[-1]))
-    data = np.fromiter((v for w in weights for v in w.values()), dtype=np.float32, count=int(indptr[-1]))
+    indices = np.fromiter(chain.from_iterable(weights), dtype=np.int64, count=int(indptr[-1]))
+    data = np.fromiter(chain.from_iterable(w.values() for w in weights), dtype=np.float32, count=int(indptr[-1]))
     return sp.csr_matrix((data, indices, indptr), shape=(len(weights), vocab_size))
 
 
@@ -241,8 +278,8 @@ class M3Model(nn.Module):
         ``device`` defaults to CUDA when available; ``dtype`` to float16 on CUDA, float32 else.
 
         Without ``colbert_linear.pt``/``sparse_linear.pt`` the heads are initialised
-        (seed 0): W_mul = identity, b = 0, so multi-vector starts as the normalised token
-        states; W_lex with PyTorch's default Linear init (uniform in +-1/sqrt(d)). A
+        with :func:`init_heads` (seed 0): W_mul = identity, so multi-vector starts as the
+        normalised token states; W_lex small with bias 0.3, so every token starts active. A
         warning says they are untrained.
         """
         from transformers import AutoModel, AutoTokenizer
@@ -268,7 +305,7 @@ class M3Model(nn.Module):
         else:
             init_heads(colbert_linear, sparse_linear)
             logger.warning("%s has no %s/%s: the multi-vector and sparse heads are untrained "
-                           "(W_mul = identity, W_lex random, seed 0)", path, COLBERT_FILE, SPARSE_FILE)
+                           "(initialised by m3lab.model.init_heads, seed 0)", path, COLBERT_FILE, SPARSE_FILE)
         model = cls(encoder, tokenizer, pooling=pooling, colbert_linear=colbert_linear,
                     sparse_linear=sparse_linear, name_or_path=str(name_or_path), heads_trained=has_heads)
         return model.to(device=device, dtype=dtype).eval()
@@ -380,7 +417,10 @@ class M3Model(nn.Module):
         """Embed texts with the three functions.
 
         Texts are sorted by token length so each batch has little padding, then run in
-        inference mode (the model's dtype: float16 on GPU by default). A progress bar shows
+        inference mode (the model's dtype: float16 on GPU by default). A batch holds at most
+        ``batch_size`` texts; on CPU it is cut earlier where that saves more padding than an
+        extra forward pass costs (:func:`plan_batches`). The results do not depend on the
+        batching beyond float rounding, and come back in input order. A progress bar shows
         for more than 8 batches unless ``show_progress`` says otherwise.
 
         An empty or whitespace-only text is encoded like ``""``: only the special tokens.
@@ -396,18 +436,17 @@ class M3Model(nn.Module):
             logger.warning("MCLS averages [CLS] states; this model pools with %r, so its dense vectors change meaning",
                            self.pooling)
         all_ids = self.tokenize(texts, max_length=max_length, mcls=mcls) if texts else []
-        order = np.argsort([-len(x) for x in all_ids], kind="stable")
+        batches = plan_batches([len(x) for x in all_ids], batch_size,
+                               CPU_BATCH_OVERHEAD_TOKENS if self.device.type == "cpu" else None)
         n = len(texts)
         dense = np.zeros((n, self.colbert_linear.in_features), dtype=np.float32) if return_dense else None
         sparse: list | None = [None] * n if return_sparse else None
         colbert: list | None = [None] * n if return_colbert else None
         colbert_ids: list | None = [None] * n if return_colbert else None
-        n_batches = (n + batch_size - 1) // batch_size
-        show = n_batches > 8 if show_progress is None else show_progress
+        show = len(batches) > 8 if show_progress is None else show_progress
         self.eval()
         with torch.inference_mode():
-            for start in tqdm(range(0, n, batch_size), total=n_batches, desc="encode", disable=not show):
-                idx = order[start:start + batch_size]
+            for idx in tqdm(batches, desc="encode", disable=not show):
                 batch = {k: v.to(self.device) for k, v in self.collate([all_ids[i] for i in idx], mcls=mcls).items()}
                 out = self(**batch)
                 if return_dense:
@@ -458,8 +497,19 @@ def score_encoded(q: EncodeOutput, p: EncodeOutput, *, weights: Sequence[float] 
 
 # ----------------------------------------------------------------------------- helpers
 
+SPARSE_INIT_BIAS = 0.3
+
+
 def init_heads(colbert_linear: nn.Linear, sparse_linear: nn.Linear, seed: int = 0) -> None:
-    """Initialise untrained heads reproducibly: W_mul = identity (b = 0), W_lex default-init from ``seed``."""
+    """Initialise untrained heads reproducibly.
+
+    W_mul = identity, b = 0: multi-vector starts as the normalised token states.
+    W_lex ~ U(+-0.1/sqrt(d)) from ``seed`` and b_lex = 0.3: every token starts with a weight
+    near 0.3, so s_lex starts as a scaled count of shared tokens and every ReLU is active.
+    (A default-initialised W_lex leaves about half the tokens at zero, with no gradient;
+    with hard negatives that share many words, training then drives the rest to zero too —
+    the sparse collapse users of the reference code report.)
+    """
     with torch.no_grad():
         gen = torch.Generator().manual_seed(seed)
         if colbert_linear.in_features == colbert_linear.out_features:
@@ -467,9 +517,9 @@ def init_heads(colbert_linear: nn.Linear, sparse_linear: nn.Linear, seed: int = 
         else:
             nn.init.xavier_uniform_(colbert_linear.weight, generator=gen)
         colbert_linear.bias.zero_()
-        bound = 1.0 / sparse_linear.in_features ** 0.5
+        bound = 0.1 / sparse_linear.in_features ** 0.5
         sparse_linear.weight.uniform_(-bound, bound, generator=gen)
-        sparse_linear.bias.uniform_(-bound, bound, generator=gen)
+        sparse_linear.bias.fill_(SPARSE_INIT_BIAS)
 
 
 def _max_weights(ids: np.ndarray, weights: np.ndarray) -> dict[int, float]:

