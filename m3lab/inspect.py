@@ -42,6 +42,8 @@ class LexicalMatch:
 
 def lexical_match(model: M3Model, query: EncodeOutput, passage: EncodeOutput, qi: int = 0, pi: int = 0) -> LexicalMatch:
     """Which tokens the query and passage share, and how much each adds to s_lex (section 3.2)."""
+    if query.sparse is None or passage.sparse is None:
+        raise ValueError("encode with return_sparse=True to inspect lexical matches")
     qw, pw = query.sparse[qi], passage.sparse[pi]
     shared = [t for t in qw if t in pw]
     q = np.array([qw[t] for t in shared], dtype=np.float32)

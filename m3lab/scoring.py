@@ -48,8 +48,7 @@ def sparse_scores(q, p):
     vocabulary in training. Returns a dense (n_q, n_p) array or tensor.
     """
     if sp.issparse(q) or sp.issparse(p):
-        out = sp.csr_matrix(q) @ sp.csr_matrix(p).T
-        return np.asarray(out.toarray(), dtype=np.float32)
+        return _sparse_product(sp.csr_matrix(q, dtype=np.float32), sp.csr_matrix(p, dtype=np.float32))
     if isinstance(q, torch.Tensor):
         return q @ _as_tensor(p).to(q.dtype).T
     return np.asarray(q, dtype=np.float32) @ np.asarray(p, dtype=np.float32).T
@@ -64,6 +63,26 @@ def sparse_scores_inverted(q, inverted: sp.spmatrix) -> np.ndarray:
     """
     out = sp.csr_matrix(q) @ sp.csr_matrix(inverted)
     return np.asarray(out.toarray(), dtype=np.float32)
+
+
+def _sparse_product(q: sp.csr_matrix, p: sp.csr_matrix, max_elements: int = 1 << 24) -> np.ndarray:
+    """q @ p.T as a dense array, over the token ids the two sides share.
+
+    The all-pairs result is dense anyway, so a sparse x sparse product (which builds a sparse
+    result and converts it) is slower than a sparse x dense one: only the shared columns are
+    densified, for a block of passages at a time (at most ``max_elements`` floats).
+    """
+    if q.shape[1] != p.shape[1]:
+        raise ValueError(f"vocabulary sizes differ: {q.shape[1]} (queries) vs {p.shape[1]} (passages)")
+    out = np.zeros((q.shape[0], p.shape[0]), dtype=np.float32)
+    shared = np.intersect1d(q.indices, p.indices)
+    if shared.size == 0:
+        return out
+    q, p = q[:, shared], p[:, shared]
+    rows = max(1, max_elements // shared.size)
+    for start in range(0, p.shape[0], rows):
+        out[:, start:start + rows] = q @ p[start:start + rows].T.toarray()
+    return out
 
 
 def lexical_matrix(token_weights: torch.Tensor, input_ids: torch.Tensor, vocab: torch.Tensor) -> torch.Tensor:

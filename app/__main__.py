@@ -1,0 +1,6 @@
+"""``python -m app``: start the m3lab explorer."""
+import sys
+
+from app.main import main
+
+sys.exit(main())

@@ -1,0 +1,433 @@
+"""The app's callbacks as plain functions: inputs in, a view (a small dataclass of outputs) back.
+
+Nothing here knows Gradio; :mod:`app.ui` wires these to components, and the tests call
+them directly. Scores come from :class:`m3lab.index.CorpusIndex` and :mod:`m3lab.scoring`,
+token-level explanations from :mod:`m3lab.inspect`, figures from :mod:`m3lab.plots`.
+
+Bad input never raises: every view carries a ``message`` (Markdown) that says what went
+wrong, and keeps its other outputs empty.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from m3lab import plots, scoring
+from m3lab.data import DataError
+from m3lab.index import document_text
+from m3lab.inspect import LexicalMatch, MaxSimAlignment, lexical_match, maxsim_alignment, token_weights
+from m3lab.model import EncodeOutput, resolve_model_path, score_encoded
+
+from .corpora import MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, UploadError, load_builtin, upload_corpus
+from .state import MODEL_LOCK, AppState, Workspace, build_workspace, dense_of, load_model
+
+logger = logging.getLogger("m3lab.app")
+
+#: the modes as the UI names them -> CorpusIndex modes
+MODES = {"dense": "dense", "sparse": "sparse", "multi-vector": "colbert", "hybrid": "hybrid"}
+MAX_QUERY_CHARS = 2000
+MAX_TOP_K = 100
+RESULT_COLUMNS = ["rank", "id", "lang", "title", "text", "score", "dense", "sparse", "multi-vector"]
+Session = dict[str, Any]  # per-browser state: the last search {"workspace", "query", "doc_ids"}
+Progress = Callable[..., object] | None
+
+
+def _error(text: str) -> str:
+    return f"⚠️ {text}"
+
+
+def _fmt(x: float | None) -> float | None:
+    return None if x is None or not np.isfinite(x) else round(float(x), 4)
+
+
+def _round(values) -> list[float]:
+    """Python floats rounded to 4 places (float32 values would print as 0.54809999...)."""
+    return [round(float(v), 4) for v in values]
+
+
+# ----------------------------------------------------------------------------- Search
+
+@dataclass
+class SearchView:
+    message: str
+    table: pd.DataFrame
+    choices: list[tuple[str, str]]  # (label, document id) of the results, for the Sparse and MaxSim views
+    session: Session
+    figure: go.Figure
+
+
+def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0, w_sparse: float = 0.3,
+           w_colbert: float = 1.0, top_k: int = 10, session: Session | None = None) -> SearchView:
+    """Retrieve ``top_k`` documents in ``mode`` and report every function's score of each result.
+
+    The ranking is the index's (``CorpusIndex.rank``); the component columns are the three
+    scores of the same pairs from :mod:`m3lab.scoring`, whichever mode ranked them.
+    """
+    session = dict(session or {})
+    empty = SearchView("", pd.DataFrame(columns=RESULT_COLUMNS), [], session,
+                       plots.empty_figure("run a search to see the results' scores"))
+    query = (query or "").strip()
+    if not query:
+        empty.message = _error("Type a query first.")
+        return empty
+    if len(query) > MAX_QUERY_CHARS:
+        empty.message = _error(f"The query is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}.")
+        return empty
+    if mode not in MODES:
+        empty.message = _error(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}.")
+        return empty
+    weights = tuple(float(w or 0.0) for w in (w_dense, w_sparse, w_colbert))
+    if mode == "hybrid" and not any(weights):
+        empty.message = _error("All hybrid weights are 0: set at least one above 0.")
+        return empty
+    if any(w < 0 for w in weights):
+        empty.message = _error("Weights must be ≥ 0.")
+        return empty
+    top_k = int(min(max(int(10 if top_k is None else top_k), 1), MAX_TOP_K, len(ws.index)))
+    index = ws.index
+    try:
+        with MODEL_LOCK:
+            q = index.encode_queries(query, components=index.stored)
+        ranking = index.rank(q, [MODES[mode]], top_k=top_k, weights=weights)[MODES[mode]]
+    except ValueError as err:
+        empty.message = _error(str(err))
+        return empty
+    idx = [int(j) for j in ranking.indices[0] if j >= 0]
+    if not idx:
+        empty.message = f"No document matches {query!r} in {mode} mode" + \
+            (" (no token of the query has a positive weight in any document)." if mode == "sparse" else ".")
+        empty.session = {"workspace": ws.key, "query": query, "doc_ids": []}
+        return empty
+    comps = component_scores(ws, q, idx)
+    rows = []
+    for r, j in enumerate(idx):
+        d = index.documents[j]
+        rows.append([r + 1, d.id, d.language or "", d.title or "", _snippet(d.text), _fmt(ranking.scores[0, r]),
+                     _fmt(comps["dense"][r]), _fmt(comps["sparse"][r]), _fmt(comps["colbert"][r])])
+    table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    choices = [(f"{r + 1}. {_label(index.documents[j])}", index.documents[j].id) for r, j in enumerate(idx)]
+    fig = plots.hybrid_breakdown([f"{r + 1}. {index.documents[j].id}" for r, j in enumerate(idx)],
+                                 {k: list(v) for k, v in comps.items()}, weights if mode == "hybrid" else
+                                 tuple(float(MODES[mode] == k) for k in ("dense", "sparse", "colbert")),
+                                 title=f"{mode} score of each result" + (" = w1·dense + w2·sparse + w3·multi-vector"
+                                                                         if mode == "hybrid" else ""))
+    note = f"{len(idx)} results for **{query}** in **{mode}** mode"
+    if mode == "hybrid":
+        note += f" (weights dense {weights[0]:g}, sparse {weights[1]:g}, multi-vector {weights[2]:g})"
+    if not ws.model.heads_trained:
+        note += ". ⚠️ The model's sparse and multi-vector heads are untrained: only dense scores are meaningful."
+    session = {"workspace": ws.key, "query": query, "doc_ids": [c[1] for c in choices]}
+    return SearchView(note, table, choices, session, fig)
+
+
+def component_scores(ws: Workspace, q: EncodeOutput, idx: list[int]) -> dict[str, np.ndarray]:
+    """s_dense, s_lex and s_mul of query 0 of ``q`` with the documents at positions ``idx``."""
+    index = ws.index
+    out: dict[str, np.ndarray] = {}
+    nan = np.full(len(idx), np.nan, dtype=np.float32)
+    out["dense"] = scoring.dense_scores(q.dense[:1], index.dense[idx])[0] if index.dense is not None else nan
+    out["sparse"] = scoring.sparse_scores(q.sparse_csr[:1], index.sparse[idx])[0] if index.sparse is not None else nan
+    out["colbert"] = (scoring.colbert_scores_chunked([q.colbert[0]], [index.document_vectors(j) for j in idx])[0]
+                      if index.colbert_vectors is not None else nan)
+    return out
+
+
+def _snippet(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _label(doc) -> str:
+    head = doc.title or _snippet(doc.text, 60)
+    return f"{head} ({doc.id})"
+
+
+# ----------------------------------------------------------------------------- the chosen result
+
+def _pair(ws: Workspace, session: Session | None, doc_id: str | None) -> tuple[str, Any, str] | str:
+    """(query, document, passage text) for a result of the last search, or an error message."""
+    if not session or not session.get("query"):
+        return "Run a search first, then pick one of its results here."
+    if session.get("workspace") != ws.key:
+        return "The model or corpus changed since your last search: search again."
+    doc_id = doc_id or (session.get("doc_ids") or [None])[0]
+    if doc_id is None:
+        return "The last search returned no results."
+    pos = ws.position(doc_id)
+    if pos is None:
+        return f"Document {doc_id!r} is not in the current corpus."
+    doc = ws.index.documents[pos]
+    return session["query"], doc, document_text(doc, ws.index.settings.get("with_titles", True))
+
+
+def _encode(ws: Workspace, texts: list[str]) -> EncodeOutput:
+    with MODEL_LOCK:
+        return ws.model.encode(texts, max_length=ws.index.max_length, show_progress=False)
+
+
+def highlight(ws: Workspace, text: str, weights: dict[int, float]) -> list[tuple[str, float | None]]:
+    """``text`` split into spans, each token's span carrying its lexical weight scaled to [0, 1]."""
+    tok = ws.model.tokenizer
+    max_length = min(ws.index.max_length, ws.model.max_positions)  # as the model truncated it
+    if getattr(tok, "is_fast", False):
+        with MODEL_LOCK:
+            enc = tok(text, return_offsets_mapping=True, truncation=True, max_length=max_length)
+        return plots.weighted_spans(text, enc["offset_mapping"], [weights.get(t, 0.0) for t in enc["input_ids"]])
+    with MODEL_LOCK:
+        ids = tok(text, truncation=True, max_length=max_length)["input_ids"]
+    top = max(weights.values(), default=0.0) or 1.0
+    return [(t + " ", (weights.get(i, 0.0) / top) or None) for i, t in zip(ids, tok.convert_ids_to_tokens(ids))]
+
+
+@dataclass
+class SparseView:
+    message: str
+    query_spans: list = field(default_factory=list)
+    passage_spans: list = field(default_factory=list)
+    query_figure: go.Figure | None = None
+    passage_figure: go.Figure | None = None
+    match_figure: go.Figure | None = None
+    table: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["token", "w_query", "w_passage", "w_q·w_p"]))
+    match: LexicalMatch | None = None
+
+
+def sparse_view(ws: Workspace, session: Session | None, doc_id: str | None) -> SparseView:
+    """Token weights of the query and the chosen result, their shared tokens and contributions (sum = s_lex)."""
+    pair = _pair(ws, session, doc_id)
+    if isinstance(pair, str):
+        blank = plots.empty_figure(pair)
+        return SparseView(_error(pair), query_figure=blank, passage_figure=blank, match_figure=blank)
+    query, doc, passage = pair
+    enc = _encode(ws, [query, passage])
+    q, p = enc.select([0]), enc.select([1])
+    match = lexical_match(ws.model, q, p)
+    table = pd.DataFrame({"token": match.tokens, "w_query": _round(match.query_weights),
+                          "w_passage": _round(match.passage_weights), "w_q·w_p": _round(match.contributions)})
+    table = pd.concat([table, pd.DataFrame([{"token": "s_lex (sum)", "w_query": None, "w_passage": None,
+                                              "w_q·w_p": round(match.total, 4)}])], ignore_index=True)
+    msg = (f"Query **{query}** vs **{doc.id}**: {len(match.tokens)} shared token(s), "
+           f"s_lex = Σ w_q·w_p = **{match.total:.4f}**")
+    if not ws.model.heads_trained:
+        msg += " ⚠️ untrained sparse head: these weights are not learned yet."
+    return SparseView(
+        msg, highlight(ws, query, enc.sparse[0]), highlight(ws, passage, enc.sparse[1]),
+        plots.token_weight_bar(token_weights(ws.model, q, 0), title="Query token weights"),
+        plots.token_weight_bar(token_weights(ws.model, p, 0), title=f"Passage token weights ({doc.id})"),
+        plots.lexical_contribution_bar(match), table, match)
+
+
+@dataclass
+class MaxSimView:
+    message: str
+    figure: go.Figure | None = None
+    table: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
+        columns=["query token", "best passage token", "similarity", "contribution"]))
+    alignment: MaxSimAlignment | None = None
+
+
+def maxsim_view(ws: Workspace, session: Session | None, doc_id: str | None) -> MaxSimView:
+    """Query × passage token similarities, each query token's best match and its share of s_mul."""
+    pair = _pair(ws, session, doc_id)
+    if isinstance(pair, str):
+        return MaxSimView(_error(pair), plots.empty_figure(pair))
+    query, doc, passage = pair
+    enc = _encode(ws, [query, passage])
+    a = maxsim_alignment(ws.model, enc.select([0]), enc.select([1]))
+    return MaxSimView(
+        f"Query **{query}** vs **{doc.id}**: {len(a.query_tokens)} query vectors; "
+        f"s_mul = (1/N) Σ_i max_j sim = **{a.total:.4f}**" +
+        ("" if ws.model.heads_trained else " ⚠️ untrained multi-vector head (W_mul = identity)."),
+        plots.maxsim_heatmap(a), _alignment_table(a), a)
+
+
+def _alignment_table(a: MaxSimAlignment) -> pd.DataFrame:
+    sims = a.similarity[np.arange(len(a.best)), a.best] if len(a.best) else np.zeros(0)
+    table = pd.DataFrame({"query token": a.query_tokens, "best passage token": [a.passage_tokens[j] for j in a.best],
+                          "similarity": _round(sims), "contribution": _round(a.contributions)})
+    return pd.concat([table, pd.DataFrame([{"query token": "s_mul (sum)", "best passage token": "", "similarity": None,
+                                            "contribution": round(a.total, 4)}])], ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- Projection
+
+@dataclass
+class ProjectionView:
+    message: str
+    figure: go.Figure
+
+
+def projection_view(ws: Workspace, session: Session | None, color_by: str = "language",
+                    align_languages: bool = True, progress: Progress = None) -> ProjectionView:
+    """The corpus map coloured by ``color_by``, the last query as a star and its results ringed.
+
+    ``align_languages`` removes each language's mean vector before mapping (multilingual corpora).
+    """
+    labels = ws.corpus.labels.get(color_by)
+    if labels is None:
+        color_by = "language"
+        labels = ws.corpus.labels["language"]
+    try:
+        proj = ws.projection(align_languages, progress)
+    except ValueError as err:
+        return ProjectionView(_error(f"No map: {err}"), plots.empty_figure(str(err)))
+    texts = [f"{d.id}: {d.title + ' — ' if d.title else ''}{d.text}" for d in ws.documents]
+    q_xy = q_text = highlight_idx = None
+    msg = f"{proj.method.upper()} map of {len(proj)} dense vectors"
+    if proj.centred:
+        msg += ", each language's mean vector removed (so translations can meet)"
+    msg += f", coloured by {color_by}"
+    if session and session.get("query") and session.get("workspace") == ws.key:
+        q_xy = proj.transform(dense_of(ws, [session["query"]]))
+        q_text = [session["query"]]
+        highlight_idx = [p for p in (ws.position(i) for i in session.get("doc_ids", [])) if p is not None]
+        msg += f"; ★ = the query **{session['query']}**, ringed = its results"
+    else:
+        msg += " (search to place a query in it)"
+    fig = plots.projection_scatter(proj.coords, labels, texts, query_coords=q_xy, query_texts=q_text,
+                                   highlight=highlight_idx, legend_title=color_by, method=proj.method)
+    return ProjectionView(msg + ".", fig)
+
+
+# ----------------------------------------------------------------------------- Compare
+
+@dataclass
+class CompareView:
+    message: str
+    scores: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["function", "score", "how"]))
+    score_figure: go.Figure | None = None
+    lexical_figure: go.Figure | None = None
+    maxsim_figure: go.Figure | None = None
+    values: dict[str, float] = field(default_factory=dict)
+
+
+def compare(ws: Workspace, text_a: str, text_b: str, w_dense: float = 1.0, w_sparse: float = 0.3,
+            w_colbert: float = 1.0) -> CompareView:
+    """Score text A (as the query) against text B with the three functions and explain each score."""
+    text_a, text_b = (text_a or "").strip(), (text_b or "").strip()
+    if not text_a or not text_b:
+        blank = plots.empty_figure("enter two texts")
+        return CompareView(_error("Enter both texts."), score_figure=blank, lexical_figure=blank, maxsim_figure=blank)
+    too_long = [n for n, t in (("A", text_a), ("B", text_b)) if len(t) > 20 * MAX_QUERY_CHARS]
+    if too_long:
+        blank = plots.empty_figure("text too long")
+        return CompareView(_error(f"Text {too_long[0]} is over {20 * MAX_QUERY_CHARS} characters."),
+                           score_figure=blank, lexical_figure=blank, maxsim_figure=blank)
+    weights = tuple(float(w or 0.0) for w in (w_dense, w_sparse, w_colbert))
+    enc = _encode(ws, [text_a, text_b])
+    q, p = enc.select([0]), enc.select([1])
+    s = score_encoded(q, p, weights=weights) if any(weights) else score_encoded(q, p, weights=(1.0, 0.0, 0.0))
+    match = lexical_match(ws.model, q, p)
+    align = maxsim_alignment(ws.model, q, p)
+    values = {"dense": float(s.dense[0, 0]), "sparse": float(s.sparse[0, 0]), "colbert": float(s.colbert[0, 0])}
+    values["hybrid"] = float(s.scores[0, 0]) if any(weights) else 0.0
+    top_lex = ", ".join(f"{t} ({c:.3f})" for t, c in zip(match.tokens[:5], match.contributions[:5])) or "none"
+    pooled = "[CLS] vectors" if ws.model.pooling == "cls" else "mean-pooled vectors"
+    rows = [["dense", round(values["dense"], 4), f"inner product of the two normalised {pooled}: <e_A, e_B>"],
+            ["sparse (lexical)", round(values["sparse"], 4),
+             f"Σ w_A·w_B over {len(match.tokens)} shared tokens; largest: {top_lex}"],
+            ["multi-vector", round(values["colbert"], 4),
+             f"mean over {len(align.query_tokens)} tokens of A of their best similarity in B (MaxSim)"],
+            ["hybrid", round(values["hybrid"], 4),
+             f"{weights[0]:g}·dense + {weights[1]:g}·sparse + {weights[2]:g}·multi-vector"]]
+    msg = "Text A is scored as the query, text B as the passage."
+    if not ws.model.heads_trained:
+        msg += " ⚠️ Untrained heads: the sparse and multi-vector scores are not learned yet."
+    return CompareView(msg, pd.DataFrame(rows, columns=["function", "score", "how"]),
+                       plots.score_bars(values, weights=weights), plots.lexical_contribution_bar(match),
+                       plots.maxsim_heatmap(align), values)
+
+
+# ----------------------------------------------------------------------------- Corpus and Model
+
+@dataclass
+class SwitchView:
+    message: str
+    header: str
+    preview: pd.DataFrame
+    groupings: list[str]
+
+
+def corpus_preview(ws: Workspace, limit: int = 50) -> pd.DataFrame:
+    rows = [[d.id, d.language or "", d.title or "", _snippet(d.text, 200)] for d in ws.documents[:limit]]
+    return pd.DataFrame(rows, columns=["id", "lang", "title", "text"])
+
+
+def _switched(state: AppState, message: str) -> SwitchView:
+    ws = state.workspace
+    return SwitchView(message, ws.describe(), corpus_preview(ws), ws.corpus.groupings)
+
+
+def _swap_in(state: AppState, model, model_name: str, corpus, progress: Progress) -> Workspace:
+    ws = build_workspace(model, model_name, corpus, progress=progress)
+    state.swap(ws)
+    state.warm_up()
+    return ws
+
+
+def load_builtin_corpus(state: AppState, choice: str, progress: Progress = None) -> SwitchView:
+    """Index a built-in corpus with the current model; on failure the current corpus stays."""
+    if not choice:
+        return _switched(state, _error("Pick a data set first."))
+    with state.switch_lock:
+        try:
+            corpus = load_builtin(choice)
+            ws = _swap_in(state, state.workspace.model, state.workspace.model_name, corpus, progress)
+        except (DataError, OSError, ValueError) as err:
+            return _switched(state, _error(f"Could not load {choice}: {err}. The previous corpus is still loaded."))
+    return _switched(state, f"Loaded **{ws.corpus.name}**: {len(ws.index)} documents "
+                            f"({'index from cache' if ws.from_cache else 'index built'}).")
+
+
+def load_uploaded_corpus(state: AppState, file: str | Path | None, progress: Progress = None,
+                         display_name: str | None = None) -> SwitchView:
+    """Index an uploaded file (limits: 5 MB, 5,000 documents); a bad file gives a message, nothing changes."""
+    if not file:
+        return _switched(state, _error("Choose a file to upload first."))
+    path = Path(file)
+    with state.switch_lock:
+        try:
+            corpus = upload_corpus(path, display_name=display_name or path.name,
+                                   max_bytes=MAX_UPLOAD_BYTES, max_documents=MAX_UPLOAD_DOCUMENTS)
+            ws = _swap_in(state, state.workspace.model, state.workspace.model_name, corpus, progress)
+        except (UploadError, DataError, OSError, ValueError, UnicodeError) as err:
+            return _switched(state, _error(f"{err}. The previous corpus is still loaded."))
+    return _switched(state, f"Loaded **{ws.corpus.name}**: {len(ws.index)} documents.")
+
+
+def load_model_view(state: AppState, name: str, progress: Progress = None) -> SwitchView:
+    """Load a model (``default``, a local directory or a hub id) and index the current corpus with it.
+
+    Any failure (unknown name, offline hub, broken checkpoint) leaves the previous model serving.
+    """
+    name = (name or "").strip()
+    if not name:
+        return _switched(state, _error("Enter a model: `default`, a local directory or a hub id."))
+    with state.switch_lock:
+        try:
+            if progress is not None:
+                progress(0.0, desc=f"loading model {name}")
+            model = load_model(name)
+            ws = _swap_in(state, model, name, state.workspace.corpus, progress)
+        except Exception as err:  # noqa: BLE001 - whatever a checkpoint throws, the app keeps serving
+            logger.warning("model %r failed to load: %s", name, err)
+            return _switched(state, _error(f"Could not load model {name!r}: {type(err).__name__}: {err}. "
+                                           f"Still serving `{state.workspace.model_name}`."))
+    return _switched(state, f"Loaded model **{name}**" + ("" if ws.model.heads_trained else
+                                                            " (⚠️ untrained heads)") + ".")
+
+
+def model_info(ws: Workspace) -> pd.DataFrame:
+    m = ws.model
+    rows = [["name", ws.model_name], ["path", resolve_model_path(m.name_or_path)], ["hidden size", m.hidden_size],
+            ["pooling", m.pooling], ["vocabulary", m.vocab_size], ["max positions", m.max_positions],
+            ["heads", "trained" if m.heads_trained else "untrained (W_mul = identity, W_lex random)"],
+            ["index fingerprint", ws.key], ["index", "loaded from cache" if ws.from_cache else "built"],
+            ["cache", str(ws.cache_dir) if ws.cache_dir else "(not cached)"]]
+    return pd.DataFrame([[k, str(v)] for k, v in rows], columns=["property", "value"])

@@ -1,0 +1,202 @@
+"""What the app serves: one model, one corpus and its index (a :class:`Workspace`), cached on disk.
+
+The server holds one workspace at a time (a local, single-user explorer). Switching the
+model or the corpus builds a new workspace and swaps it in only when it is complete, so a
+failed load leaves the previous one serving and concurrent searches always see a whole one.
+
+Index cache: ``<cache root>/indexes/<model fingerprint>-<corpus hash>-<settings>/`` holds a
+:class:`m3lab.index.CorpusIndex` (built once, loaded on the next start), and
+``<cache root>/projections/<same key>.npz`` its 2-D map. The cache root is
+``$M3LAB_CACHE_DIR`` or the platform's user cache for m3lab.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+
+from m3lab.data import DataError, Document
+from m3lab.index import CorpusIndex, CorruptIndexError, ModelMismatchError, corpus_fingerprint, model_fingerprint
+from m3lab.model import M3Model
+from m3lab.projection import Projection, fit_projection
+
+from .corpora import Corpus
+
+logger = logging.getLogger("m3lab.app")
+
+#: index settings of the app (part of the cache key)
+INDEX_SETTINGS = {"max_length": 512, "batch_size": 16}
+
+Progress = Callable[..., object] | None
+
+
+def cache_root() -> Path:
+    """``$M3LAB_CACHE_DIR`` if set, else the user cache directory of m3lab."""
+    return Path(os.environ.get("M3LAB_CACHE_DIR") or platformdirs.user_cache_dir("m3lab"))
+
+
+def index_key(fingerprint: str, documents: Sequence[Document], settings: dict = INDEX_SETTINGS) -> str:
+    """The cache folder name of an index: model fingerprint, corpus hash, settings hash."""
+    s = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return f"{fingerprint[:16]}-{corpus_fingerprint(documents)[:16]}-{s[:8]}"
+
+
+@dataclass
+class Workspace:
+    """A model, a corpus and the corpus index built with that model."""
+
+    model: M3Model
+    model_name: str
+    corpus: Corpus
+    index: CorpusIndex
+    key: str
+    from_cache: bool
+    cache_dir: Path | None
+    _projections: dict[bool, Projection] = field(default_factory=dict, repr=False)
+    _positions: dict[str, int] | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def documents(self) -> list[Document]:
+        return self.index.documents
+
+    def position(self, doc_id: str) -> int | None:
+        """The index position of a document id (``None`` if it is not in this corpus)."""
+        if self._positions is None:
+            self._positions = {d.id: i for i, d in enumerate(self.index.documents)}
+        return self._positions.get(doc_id)
+
+    @property
+    def multilingual(self) -> bool:
+        return len(set(self.corpus.labels["language"])) > 1
+
+    def projection(self, align_languages: bool = False, progress: Progress = None) -> Projection:
+        """The corpus map (UMAP, or PCA below 30 documents), fitted once, cached on disk.
+
+        ``align_languages`` (multilingual corpora only) removes each language's mean vector first,
+        so that translations can sit together (see :mod:`m3lab.projection`).
+        """
+        centred = bool(align_languages and self.multilingual)
+        with self._lock:
+            if centred in self._projections:
+                return self._projections[centred]
+            name = f"{self.key}{'-aligned' if centred else ''}.npz"
+            file = self.cache_dir.parent.parent / "projections" / name if self.cache_dir else None
+            if file is not None and file.is_file():
+                try:
+                    proj = Projection.load(file)
+                    if len(proj) == len(self.index) and proj.centred == centred:
+                        self._projections[centred] = proj
+                        return proj
+                except ValueError as err:
+                    logger.warning("ignoring a damaged projection cache: %s", err)
+            if progress is not None:
+                progress(0.1, desc=f"fitting the map of {len(self.index)} documents")
+            logger.info("fitting the 2-D map of %d documents%s", len(self.index),
+                        " (language means removed)" if centred else "")
+            proj = fit_projection(self.index.dense, centre_by=self.corpus.labels["language"] if centred else None)
+            if file is not None:
+                try:
+                    proj.save(file)
+                except OSError as err:
+                    logger.warning("could not cache the projection in %s: %s", file, err)
+            self._projections[centred] = proj
+            return proj
+
+    def describe(self) -> str:
+        """Markdown status: the model, the corpus, the cache, and a warning when the heads are untrained."""
+        m = self.model
+        langs = sorted(set(self.corpus.labels["language"]))
+        text = (f"**Model** `{self.model_name}` ({m.hidden_size}-d, {m.pooling} pooling, "
+                f"{'trained heads' if m.heads_trained else 'untrained heads'}) · "
+                f"**Corpus** {self.corpus.name}: {len(self.index)} documents in {len(langs)} language(s) · "
+                f"index {'loaded from cache' if self.from_cache else 'built'}")
+        if not m.heads_trained:
+            text += ("\n\n⚠️ **untrained heads**: this model has no trained sparse and multi-vector heads yet "
+                     "(W_lex random, W_mul = identity), so only its dense scores are meaningful.")
+        return text
+
+
+def build_workspace(model: M3Model, model_name: str, corpus: Corpus, *, use_cache: bool = True,
+                    progress: Progress = None, show_progress: bool = True) -> Workspace:
+    """Load the corpus index of ``model`` from the cache, or build it (with a progress bar) and cache it."""
+    if not corpus.documents:
+        raise DataError(f"corpus {corpus.name!r} has no documents")
+    fingerprint = model_fingerprint(model)
+    key = index_key(fingerprint, corpus.documents)
+    folder = cache_root() / "indexes" / key if use_cache else None
+    if folder is not None and folder.is_dir():
+        try:
+            if progress is not None:
+                progress(0.0, desc="loading the cached index")
+            index = CorpusIndex.load(folder, model)
+            logger.info("loaded the index of %s from %s", corpus.name, folder)
+            return Workspace(model, model_name, corpus, index, key, True, folder)
+        except (CorruptIndexError, ModelMismatchError, OSError) as err:
+            logger.warning("rebuilding the cached index (%s)", err)
+    if progress is not None:
+        progress(0.0, desc=f"indexing {len(corpus.documents)} documents")
+    logger.info("indexing %d documents of %s with %s", len(corpus.documents), corpus.name, model_name)
+    index = CorpusIndex.build(model, corpus.documents, max_length=INDEX_SETTINGS["max_length"],
+                              batch_size=INDEX_SETTINGS["batch_size"], show_progress=show_progress)
+    if folder is not None:
+        try:
+            index.save(folder)
+        except OSError as err:
+            logger.warning("could not cache the index in %s: %s", folder, err)
+            folder = None
+    return Workspace(model, model_name, corpus, index, key, False, folder)
+
+
+class AppState:
+    """The served workspace, swapped atomically; changes are serialised by a lock."""
+
+    def __init__(self, workspace: Workspace):
+        self._workspace = workspace
+        self.switch_lock = threading.Lock()
+
+    @property
+    def workspace(self) -> Workspace:
+        return self._workspace
+
+    def swap(self, workspace: Workspace) -> None:
+        self._workspace = workspace
+
+    def warm_up(self) -> threading.Thread:
+        """Fit the current corpus map in the background, so the Projection view opens at once."""
+        ws = self.workspace
+
+        def run() -> None:
+            try:
+                ws.projection(align_languages=True)
+            except Exception as err:  # noqa: BLE001 - the view reports it when opened
+                logger.warning("projection warm-up failed: %s", err)
+
+        thread = threading.Thread(target=run, name="m3lab-projection", daemon=True)
+        thread.start()
+        return thread
+
+
+#: Hugging Face fast tokenizers are not safe to call from two threads when their truncation settings
+#: change ("Already borrowed"); every use of the served model's tokenizer and encoder goes through this lock.
+MODEL_LOCK = threading.Lock()
+
+
+def load_model(name: str) -> M3Model:
+    """A model by short name, local directory or hub id, on CPU unless CUDA is there."""
+    return M3Model.from_pretrained(name)
+
+
+def dense_of(ws: Workspace, texts: Sequence[str]) -> np.ndarray:
+    """Dense vectors of texts with the workspace's model (for placing queries in the map)."""
+    with MODEL_LOCK:
+        return ws.model.encode(list(texts), return_sparse=False, return_colbert=False,
+                               max_length=ws.index.max_length, show_progress=False).dense

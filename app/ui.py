@@ -1,0 +1,231 @@
+"""The Gradio layout of the explorer and its wiring to :mod:`app.callbacks` (no computation here)."""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no telemetry, no version check
+
+import gradio as gr  # noqa: E402
+
+from m3lab import plots  # noqa: E402
+from m3lab.data import MINI_LANGUAGES  # noqa: E402
+
+from . import callbacks as cb  # noqa: E402
+from .corpora import MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, UPLOAD_SUFFIXES, builtin_choices  # noqa: E402
+from .state import AppState  # noqa: E402
+
+EXAMPLES = ["How do plants turn sunlight into energy?", "Wann wurde die Chinesische Mauer gebaut?",
+            "¿Qué es la inflación?", "光合作用需要什么？", "what causes inflation"]
+# system fonts only: the default theme would fetch Google Fonts, and the app must work offline
+THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                          font_mono=["ui-monospace", "Consolas", "monospace"])
+CSS = """
+#status {font-size: 0.95em}
+.m3-note {color: var(--body-text-color-subdued); font-size: 0.9em}
+"""
+
+
+def _weights(prefix: str) -> tuple[gr.Slider, gr.Slider, gr.Slider]:
+    with gr.Row():
+        wd = gr.Slider(0, 2, value=1.0, step=0.05, label="w₁ dense", elem_id=f"{prefix}-w-dense")
+        ws = gr.Slider(0, 2, value=0.3, step=0.05, label="w₂ sparse", elem_id=f"{prefix}-w-sparse")
+        wc = gr.Slider(0, 2, value=1.0, step=0.05, label="w₃ multi-vector", elem_id=f"{prefix}-w-colbert")
+    return wd, ws, wc
+
+
+def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
+    """The explorer's Blocks: seven views over the state's current workspace."""
+    ws0 = state.workspace
+    with gr.Blocks(title="m3lab explorer", analytics_enabled=False) as demo:
+        session = gr.State({})
+        gr.Markdown("# m3lab explorer\nOne encoder, three retrieval functions (M3-Embedding): **dense**, "
+                    "**sparse** (lexical) and **multi-vector** (ColBERT MaxSim), and their **hybrid** sum.")
+        header = gr.Markdown(ws0.describe(), elem_id="status")
+
+        with gr.Tabs():
+            # ------------------------------------------------------------ Search
+            with gr.Tab("Search", id="search", elem_id="tab-search"):
+                with gr.Row(equal_height=True):
+                    query = gr.Textbox(label="Query", placeholder="Ask something in any language…", scale=6,
+                                       elem_id="query", max_lines=3)
+                    search_btn = gr.Button("Search", variant="primary", scale=1, elem_id="search-btn")
+                with gr.Row():
+                    mode = gr.Radio(list(cb.MODES), value="hybrid", label="Mode", elem_id="mode", scale=3)
+                    top_k = gr.Slider(1, 50, value=10, step=1, label="Top-k", elem_id="top-k", scale=2)
+                with gr.Accordion("Hybrid weights: s = w₁·dense + w₂·sparse + w₃·multi-vector", open=True):
+                    w_dense, w_sparse, w_colbert = _weights("search")
+                gr.Examples(EXAMPLES, inputs=query, label="Examples")
+                search_msg = gr.Markdown(elem_id="search-msg")
+                results = gr.Dataframe(headers=cb.RESULT_COLUMNS, interactive=False, wrap=True, elem_id="results",
+                                       column_widths=["5%", "17%", "5%", "11%", "38%", "6%", "6%", "6%", "6%"])
+                breakdown = gr.Plot(label="Score breakdown", elem_id="breakdown")
+
+            # ------------------------------------------------------------ Sparse
+            with gr.Tab("Sparse", id="sparse", elem_id="tab-sparse") as sparse_tab:
+                gr.Markdown("Lexical weights w_t = ReLU(W_lex·h_t) of the query and of a result; the shared tokens' "
+                            "products w_q·w_p add up to s_lex.", elem_classes="m3-note")
+                sparse_pick = gr.Dropdown(label="Result (from the last search)", choices=[], elem_id="sparse-pick")
+                sparse_msg = gr.Markdown(elem_id="sparse-msg")
+                with gr.Row():
+                    with gr.Column():
+                        gr.Markdown("**Query**, each token shaded by its weight")
+                        q_text = gr.HTML(elem_id="sparse-query-text")
+                    with gr.Column():
+                        gr.Markdown("**Passage** (title and text, as encoded), each token shaded by its weight")
+                        p_text = gr.HTML(elem_id="sparse-passage-text")
+                with gr.Row():
+                    q_bar = gr.Plot(label="Query token weights", elem_id="sparse-query-bar")
+                    p_bar = gr.Plot(label="Passage token weights", elem_id="sparse-passage-bar")
+                with gr.Row():
+                    match_bar = gr.Plot(label="Shared tokens", elem_id="sparse-match-bar", scale=3)
+                    match_table = gr.Dataframe(label="Shared tokens and their contributions", interactive=False,
+                                               elem_id="sparse-table", scale=2)
+
+            # ------------------------------------------------------------ MaxSim
+            with gr.Tab("MaxSim", id="maxsim", elem_id="tab-maxsim") as maxsim_tab:
+                gr.Markdown("Each query vector's best match among the passage vectors (□); the best similarities, "
+                            "divided by the number of query vectors N, add up to s_mul.", elem_classes="m3-note")
+                maxsim_pick = gr.Dropdown(label="Result (from the last search)", choices=[], elem_id="maxsim-pick")
+                maxsim_msg = gr.Markdown(elem_id="maxsim-msg")
+                heatmap = gr.Plot(label="MaxSim", elem_id="maxsim-heatmap")
+                maxsim_table = gr.Dataframe(label="Per query token", interactive=False, elem_id="maxsim-table")
+
+            # ------------------------------------------------------------ Projection
+            with gr.Tab("Projection", id="projection", elem_id="tab-projection") as projection_tab:
+                with gr.Row(equal_height=True):
+                    color_by = gr.Radio(ws0.corpus.groupings, value="language", label="Colour by",
+                                        elem_id="color-by", scale=3)
+                    align = gr.Checkbox(value=True, label="Remove each language's mean vector (multilingual "
+                                        "corpora): shows whether translations meet", elem_id="align", scale=2)
+                    draw_btn = gr.Button("Redraw", scale=1)
+                projection_msg = gr.Markdown(elem_id="projection-msg")
+                projection_plot = gr.Plot(label="Map of the dense vectors", elem_id="projection-plot")
+
+            # ------------------------------------------------------------ Compare
+            with gr.Tab("Compare", id="compare", elem_id="tab-compare"):
+                with gr.Row():
+                    text_a = gr.Textbox(label="Text A (query)", lines=3, elem_id="text-a",
+                                        value="Where does photosynthesis take place?")
+                    text_b = gr.Textbox(label="Text B (passage)", lines=3, elem_id="text-b",
+                                        value="Photosynthesis takes place mainly in the chloroplasts of plant cells.")
+                cw_dense, cw_sparse, cw_colbert = _weights("compare")
+                compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-btn")
+                compare_msg = gr.Markdown(elem_id="compare-msg")
+                with gr.Row():
+                    compare_table = gr.Dataframe(label="Scores", interactive=False, wrap=True, elem_id="compare-table",
+                                                 scale=3, column_widths=["20%", "12%", "68%"])
+                    compare_bars = gr.Plot(label="Scores", elem_id="compare-bars", scale=2)
+                compare_lex = gr.Plot(label="Lexical matches", elem_id="compare-lexical")
+                compare_maxsim = gr.Plot(label="MaxSim", elem_id="compare-maxsim")
+
+            # ------------------------------------------------------------ Corpus
+            with gr.Tab("Corpus", id="corpus", elem_id="tab-corpus"):
+                with gr.Row():
+                    with gr.Column():
+                        gr.Markdown("**Built-in data sets** (XQuAD and Tatoeba need their files locally, via "
+                                    "`M3LAB_DATA_DIR`, or a network connection).")
+                        builtin = gr.Dropdown(builtin_choices(mini_languages), label="Data set",
+                                              value=builtin_choices(mini_languages)[0], elem_id="builtin")
+                        builtin_btn = gr.Button("Load data set", elem_id="builtin-btn")
+                    with gr.Column():
+                        gr.Markdown(f"**Upload** a {', '.join(UPLOAD_SUFFIXES)} file: at most "
+                                    f"{MAX_UPLOAD_BYTES // 2**20} MB and {MAX_UPLOAD_DOCUMENTS:,} documents. "
+                                    "`.txt`: one document per line (or per blank-line separated paragraph); "
+                                    "`.jsonl`: objects with `text` and optional `id`, `title`, `lang`; "
+                                    "`.csv`/`.tsv`: a header with a `text` column.", elem_id="upload-limits")
+                        upload = gr.File(label="Corpus file", file_types=list(UPLOAD_SUFFIXES), elem_id="upload")
+                        upload_btn = gr.Button("Index uploaded file", elem_id="upload-btn")
+                corpus_msg = gr.Markdown(elem_id="corpus-msg")
+                preview = gr.Dataframe(cb.corpus_preview(ws0), label="Documents (first 50)", interactive=False,
+                                       wrap=True, elem_id="corpus-preview", column_widths=["22%", "6%", "17%", "55%"])
+
+            # ------------------------------------------------------------ Model
+            with gr.Tab("Model", id="model", elem_id="tab-model"):
+                gr.Markdown("`default` (the shipped m3lab model; the MiniLM backbone with untrained heads where it "
+                            "is absent), a local model directory, or a Hugging Face hub id such as `BAAI/bge-m3` "
+                            "(needs a connection). A model that fails to load leaves the current one serving.")
+                with gr.Row(equal_height=True):
+                    model_name = gr.Textbox(label="Model", value=ws0.model_name, scale=5, elem_id="model-name")
+                    model_btn = gr.Button("Load model", scale=1, elem_id="model-btn")
+                model_msg = gr.Markdown(elem_id="model-msg")
+                info = gr.Dataframe(cb.model_info(ws0), label="Current model", interactive=False, elem_id="model-info")
+
+        # ---------------------------------------------------------------- wiring
+        def on_search(q, m, wd, ws_, wc, k, sess):
+            v = cb.search(state.workspace, q, m, wd, ws_, wc, k, sess)
+            first = v.choices[0][1] if v.choices else None
+            return (v.message, v.table, gr.Dropdown(choices=v.choices, value=first),
+                    gr.Dropdown(choices=v.choices, value=first), v.session, v.figure)
+
+        search_io = dict(inputs=[query, mode, w_dense, w_sparse, w_colbert, top_k, session],
+                         outputs=[search_msg, results, sparse_pick, maxsim_pick, session, breakdown])
+        search_btn.click(on_search, api_name="search", concurrency_limit=2, concurrency_id="search", **search_io)
+        query.submit(on_search, api_visibility="private", concurrency_limit=2, concurrency_id="search", **search_io)
+
+        def on_sparse(sess, doc_id):
+            v = cb.sparse_view(state.workspace, sess, doc_id)
+            return (v.message, plots.weighted_text_html(v.query_spans), plots.weighted_text_html(v.passage_spans),
+                    v.query_figure, v.passage_figure, v.match_figure, v.table)
+
+        sparse_io = dict(fn=on_sparse, inputs=[session, sparse_pick],
+                         outputs=[sparse_msg, q_text, p_text, q_bar, p_bar, match_bar, match_table])
+        sparse_tab.select(api_visibility="private", **sparse_io)
+        sparse_pick.input(api_visibility="private", **sparse_io)
+
+        def on_maxsim(sess, doc_id):
+            v = cb.maxsim_view(state.workspace, sess, doc_id)
+            return v.message, v.figure, v.table
+
+        maxsim_io = dict(fn=on_maxsim, inputs=[session, maxsim_pick], outputs=[maxsim_msg, heatmap, maxsim_table])
+        maxsim_tab.select(api_visibility="private", **maxsim_io)
+        maxsim_pick.input(api_visibility="private", **maxsim_io)
+
+        def on_projection(sess, colour, aligned, progress=gr.Progress()):
+            v = cb.projection_view(state.workspace, sess, colour, aligned, progress=progress)
+            return v.message, v.figure
+
+        projection_io = dict(fn=on_projection, inputs=[session, color_by, align],
+                             outputs=[projection_msg, projection_plot])
+        projection_tab.select(api_visibility="private", **projection_io)
+        color_by.input(api_visibility="private", **projection_io)
+        align.input(api_visibility="private", **projection_io)
+        draw_btn.click(api_name="projection", **projection_io)
+
+        def on_compare(a, b, wd, ws_, wc):
+            v = cb.compare(state.workspace, a, b, wd, ws_, wc)
+            return v.message, v.scores, v.score_figure, v.lexical_figure, v.maxsim_figure
+
+        compare_btn.click(on_compare, inputs=[text_a, text_b, cw_dense, cw_sparse, cw_colbert],
+                          outputs=[compare_msg, compare_table, compare_bars, compare_lex, compare_maxsim],
+                          api_name="compare")
+
+        switch_outputs = [header, preview, color_by, info]
+
+        def _after(v: cb.SwitchView):
+            return (v.message, v.header, v.preview,
+                    gr.Radio(choices=v.groupings, value="language"), cb.model_info(state.workspace))
+
+        def on_builtin(choice, progress=gr.Progress(track_tqdm=True)):
+            return _after(cb.load_builtin_corpus(state, choice, progress=progress))
+
+        def on_upload(file, progress=gr.Progress(track_tqdm=True)):
+            name = getattr(file, "orig_name", None) or (os.path.basename(file) if file else None)
+            return _after(cb.load_uploaded_corpus(state, file, progress=progress, display_name=name))
+
+        def on_model(name, progress=gr.Progress(track_tqdm=True)):
+            return _after(cb.load_model_view(state, name, progress=progress))
+
+        builtin_btn.click(on_builtin, inputs=builtin, outputs=[corpus_msg, *switch_outputs], api_name="load_corpus",
+                          concurrency_id="switch", concurrency_limit=1)
+        upload_btn.click(on_upload, inputs=upload, outputs=[corpus_msg, *switch_outputs], api_name="upload_corpus",
+                         concurrency_id="switch", concurrency_limit=1)
+        model_btn.click(on_model, inputs=model_name, outputs=[model_msg, *switch_outputs], api_name="load_model",
+                        concurrency_id="switch", concurrency_limit=1)
+
+        def on_load():
+            ws = state.workspace
+            return ws.describe(), cb.corpus_preview(ws), gr.Radio(choices=ws.corpus.groupings, value="language"), \
+                cb.model_info(ws)
+
+        demo.load(on_load, outputs=switch_outputs, api_visibility="private")
+    return demo

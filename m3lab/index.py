@@ -1,0 +1,758 @@
+"""A searchable corpus index: the dense, sparse and multi-vector embeddings of one model (paper section 3.2).
+
+    index = CorpusIndex.build(model, documents)          # encodes the corpus once, with a progress bar
+    index.search("who built the tower?", mode="hybrid")  # -> [SearchResult(doc_id, rank, score, dense, sparse, colbert, document)]
+    index.save("my-index");  CorpusIndex.load("my-index", model)
+
+Storage, one structure per function:
+
+* dense: an (n, d) float32 matrix searched with faiss — exact inner product (``flat``, the default)
+  or an approximate IVF / HNSW index for large corpora;
+* sparse: the corpus lexical weights as an (n, vocab) CSR matrix and its transpose, the inverted
+  index (vocab, n), so a batch of queries is scored by one sparse product;
+* multi-vector: every document's vectors in one contiguous (total tokens, d') array with
+  ``offsets`` (n + 1): document ``i`` owns rows ``offsets[i]:offsets[i+1]``.
+
+Retrieval modes: ``dense``, ``sparse``, ``colbert`` (exhaustive MaxSim, for small corpora) and
+``hybrid`` as the paper does it: candidates from dense top-k and sparse top-k, reranked by
+s_rank = w1 s_dense + w2 s_lex + w3 s_mul. Every score is computed by :mod:`m3lab.scoring`.
+
+On disk an index is a directory written atomically: ``manifest.json`` (m3lab version, the
+model's name and weight fingerprint, its pooling, the index settings, the corpus hash, every
+file's size and SHA-256), ``documents.jsonl`` and NumPy / scipy / faiss files — no pickle.
+Loading it with another model is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__, scoring
+from ._io import atomic_directory, write_json
+from .data.records import Document
+from .model import EncodeOutput, M3Model, check_texts
+
+logger = logging.getLogger("m3lab")
+
+MODES = ("dense", "sparse", "colbert", "hybrid")
+STORES = ("dense", "sparse", "colbert")
+DENSE_INDEXES = ("flat", "ivf", "hnsw")
+FORMAT = "m3lab-corpus-index"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+DOCUMENTS = "documents.jsonl"
+_FILES = {"dense": "dense.npy", "faiss": "dense.faiss", "sparse": "sparse.npz",
+          "colbert_vectors": "colbert_vectors.npy", "colbert_offsets": "colbert_offsets.npy"}
+_SCORE_BLOCK = 1 << 24  # floats per (queries x documents) block of dense/sparse scores (64 MB)
+
+
+class CorruptIndexError(ValueError):
+    """An index directory that cannot be read: a missing, truncated or altered file (named in the message)."""
+
+
+class ModelMismatchError(ValueError):
+    """The index was built by another model (or with another pooling) than the one given."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """One retrieved document: its final ``score`` and each function's score (``None`` when not computed)."""
+
+    doc_id: str
+    rank: int  # 1-based
+    score: float
+    dense: float | None
+    sparse: float | None
+    colbert: float | None
+    document: Document
+
+
+@dataclass
+class Ranking:
+    """Batch results as arrays, one row per query, best first.
+
+    ``indices`` are document positions (``-1`` pads rows with fewer than ``top_k`` hits); ``scores``
+    the ranking score; ``dense``/``sparse``/``colbert`` each function's score of the same pairs
+    (NaN where not computed) or ``None`` when the mode never computes it.
+    """
+
+    indices: np.ndarray
+    scores: np.ndarray
+    dense: np.ndarray | None = None
+    sparse: np.ndarray | None = None
+    colbert: np.ndarray | None = None
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+def model_fingerprint(model: M3Model) -> str:
+    """A SHA-256 that changes when the encoder, its tokenizer or the heads change.
+
+    It hashes the encoder config, the tokenisation of a probe text and, for every tensor of
+    the encoder and the two heads, its name, shape and 1024 evenly spaced values rounded to
+    float16 — so a float32 model and its float16 copy agree, and any training step differs.
+    """
+    h = hashlib.sha256()
+    cfg = {k: v for k, v in model.encoder.config.to_dict().items()
+           if k not in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation")}
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    probe = model.tokenizer("m3lab probe: Ünïcode 北京 2024 naïve-tokenisation", add_special_tokens=True)["input_ids"]
+    h.update(json.dumps([len(model.tokenizer), probe]).encode())
+    tensors = [(f"encoder.{k}", v) for k, v in model.encoder.state_dict().items()]
+    tensors += [(f"colbert_linear.{k}", v) for k, v in model.colbert_linear.state_dict().items()]
+    tensors += [(f"sparse_linear.{k}", v) for k, v in model.sparse_linear.state_dict().items()]
+    with torch.no_grad():
+        for name, t in sorted(tensors, key=lambda kv: kv[0]):
+            flat = t.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 1024)][:1024].to("cpu", torch.float32).to(torch.float16)
+            h.update(f"{name}{tuple(t.shape)}".encode())
+            h.update(sample.numpy().tobytes())
+    return h.hexdigest()
+
+
+def corpus_fingerprint(documents: Sequence[Document]) -> str:
+    """SHA-256 of the documents' ids, titles and texts, in order."""
+    h = hashlib.sha256()
+    for d in documents:
+        h.update(json.dumps([d.id, d.title, d.text], ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- the index
+
+def as_documents(documents: Iterable[Document | str]) -> list[Document]:
+    """Documents as records: strings get ids ``doc-{i}``. Empty corpora and duplicate ids are refused."""
+    docs = []
+    for i, d in enumerate(documents):
+        if isinstance(d, str):
+            d = Document(f"doc-{i}", d)
+        elif not isinstance(d, Document):
+            raise TypeError(f"documents[{i}] is {type(d).__name__}, expected a Document or str")
+        docs.append(d)
+    if not docs:
+        raise ValueError("cannot index an empty corpus")
+    seen: set[str] = set()
+    for d in docs:
+        if d.id in seen:
+            raise ValueError(f"duplicate document id {d.id!r}")
+        seen.add(d.id)
+    return docs
+
+
+def document_text(doc: Document, with_titles: bool = True) -> str:
+    """The text that is encoded: ``title + " " + text`` when the document has a title (as BEIR/MTEB do)."""
+    return f"{doc.title} {doc.text}".strip() if with_titles and doc.title else doc.text
+
+
+class CorpusIndex:
+    """Dense, sparse and multi-vector embeddings of a corpus, searchable with one model.
+
+    Build with :meth:`build`, read with :meth:`load`; search with :meth:`search` (texts) or
+    :meth:`rank` (encoded queries, several modes at once — what evaluation uses).
+    """
+
+    def __init__(self, model: M3Model, documents: list[Document], *, settings: dict,
+                 dense: np.ndarray | None = None, dense_index: faiss.Index | None = None,
+                 sparse: sp.csr_matrix | None = None, colbert_vectors: np.ndarray | None = None,
+                 colbert_offsets: np.ndarray | None = None, fingerprint: str | None = None):
+        self.model = model
+        self.documents = documents
+        self.settings = settings
+        self.dense = dense
+        self.dense_index = dense_index
+        self.sparse = sparse
+        # the inverted index: one row per token id, listing the documents that have it
+        self.inverted = sparse.T.tocsr() if sparse is not None else None
+        self.colbert_vectors = colbert_vectors
+        self.colbert_offsets = colbert_offsets
+        self.fingerprint = fingerprint or model_fingerprint(model)
+        self._doc_views: list[np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, model: M3Model, documents: Iterable[Document | str], *, max_length: int = 512,
+              batch_size: int = 32, dense_index: str = "flat", store: Sequence[str] = STORES,
+              colbert_dtype: str = "float32", mcls: bool = False, with_titles: bool = True,
+              ivf_nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
+              show_progress: bool = True) -> CorpusIndex:
+        """Encode ``documents`` with ``model`` and index them.
+
+        ``store``: which functions to keep (all three by default); ``dense_index``: ``"flat"``
+        (exact inner product), ``"ivf"`` (inverted lists, ``ivf_nlist`` clusters, ``nprobe``
+        probed) or ``"hnsw"`` (graph with ``hnsw_m`` links); ``colbert_dtype``: ``"float16"``
+        halves the multi-vector memory (scores are computed in float32). ``mcls`` encodes the
+        documents with a [CLS] every 256 tokens (appendix B.2). Documents are encoded longest
+        first in chunks, under one progress bar.
+        """
+        docs = as_documents(documents)
+        store = tuple(store)
+        if not store or any(s not in STORES for s in store):
+            raise ValueError(f"store must be a non-empty subset of {STORES}, got {store}")
+        if dense_index not in DENSE_INDEXES:
+            raise ValueError(f"dense_index must be one of {DENSE_INDEXES}, got {dense_index!r}")
+        if colbert_dtype not in ("float32", "float16"):
+            raise ValueError(f"colbert_dtype must be 'float32' or 'float16', got {colbert_dtype!r}")
+        if max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {max_length}")
+        if not model.heads_trained and ("sparse" in store or "colbert" in store):
+            logger.warning("%s has untrained sparse/multi-vector heads: only its dense vectors are meaningful",
+                           model.name_or_path)
+        texts = [document_text(d, with_titles) for d in docs]
+        n = len(docs)
+        order = np.argsort([-len(t) for t in texts], kind="stable")  # long first: little padding per batch
+        chunk = max(batch_size * 4, 64)  # the progress bar moves every few batches
+        dense = np.zeros((n, model.hidden_size), dtype=np.float32) if "dense" in store else None
+        sparse_parts: list[sp.csr_matrix] = []
+        colbert: list[np.ndarray | None] = [None] * n
+        bar = tqdm(total=n, desc="index", unit="doc", disable=not show_progress)
+        for start in range(0, n, chunk):
+            idx = order[start:start + chunk]
+            out = model.encode([texts[i] for i in idx], batch_size=batch_size, max_length=max_length,
+                               return_dense="dense" in store, return_sparse="sparse" in store,
+                               return_colbert="colbert" in store, mcls=mcls, show_progress=False)
+            if dense is not None:
+                dense[idx] = out.dense
+            if "sparse" in store:
+                sparse_parts.append(out.sparse_csr.astype(np.float32))
+            if "colbert" in store:
+                for row, i in enumerate(idx):
+                    colbert[i] = out.colbert[row].astype(colbert_dtype, copy=False)
+            bar.update(len(idx))
+        bar.close()
+
+        sparse = None
+        if sparse_parts:
+            stacked = sp.vstack(sparse_parts, format="csr")
+            sparse = stacked[np.argsort(order, kind="stable")]  # back to document order
+            sparse.sort_indices()
+        vectors = offsets = None
+        if "colbert" in store:
+            offsets = np.zeros(n + 1, dtype=np.int64)
+            offsets[1:] = np.cumsum([len(c) for c in colbert])
+            vectors = np.empty((int(offsets[-1]), colbert[0].shape[1] if n else 0), dtype=colbert_dtype)
+            for i in range(n):  # copy into the contiguous array, freeing each piece as we go
+                vectors[offsets[i]:offsets[i + 1]] = colbert[i]
+                colbert[i] = None
+
+        settings = {"max_length": int(max_length), "mcls": bool(mcls), "with_titles": bool(with_titles),
+                    "store": list(store), "dense_index": dense_index, "ivf_nlist": ivf_nlist, "nprobe": int(nprobe),
+                    "hnsw_m": int(hnsw_m), "colbert_dtype": colbert_dtype}
+        faiss_index = None
+        if dense is not None:
+            faiss_index, settings["ivf_nlist"] = _build_faiss(dense, dense_index, ivf_nlist, nprobe, hnsw_m)
+        return cls(model, docs, settings=settings, dense=dense, dense_index=faiss_index, sparse=sparse,
+                   colbert_vectors=vectors, colbert_offsets=offsets)
+
+    # ------------------------------------------------------------------ properties
+    def __len__(self) -> int:
+        return len(self.documents)
+
+    @property
+    def doc_ids(self) -> list[str]:
+        return [d.id for d in self.documents]
+
+    @property
+    def stored(self) -> tuple[str, ...]:
+        return tuple(self.settings["store"])
+
+    @property
+    def max_length(self) -> int:
+        return int(self.settings["max_length"])
+
+    def __repr__(self) -> str:
+        return (f"CorpusIndex({len(self)} documents, model={self.model.name_or_path!r}, store={self.stored}, "
+                f"dense_index={self.settings['dense_index']!r}, max_length={self.max_length})")
+
+    def document_vectors(self, i: int) -> np.ndarray:
+        """The multi-vector embedding of document ``i`` (a view into the contiguous array)."""
+        self._require("colbert")
+        return self.colbert_vectors[self.colbert_offsets[i]:self.colbert_offsets[i + 1]]
+
+    def _views(self) -> list[np.ndarray]:
+        if self._doc_views is None:
+            o = self.colbert_offsets
+            self._doc_views = [self.colbert_vectors[o[i]:o[i + 1]] for i in range(len(self))]
+        return self._doc_views
+
+    def _require(self, component: str) -> None:
+        if component not in self.stored:
+            raise ValueError(f"this index stores no {component} embeddings (built with store={self.stored}); "
+                             f"rebuild it with store including {component!r}")
+
+    # ------------------------------------------------------------------ search
+    def encode_queries(self, queries: str | Sequence[str], *, components: Iterable[str] = STORES,
+                       max_length: int | None = None, batch_size: int = 32,
+                       show_progress: bool | None = None) -> EncodeOutput:
+        """Encode queries with the index's model (only the ``components`` needed). Empty queries are refused."""
+        texts = check_texts(queries)
+        if not texts:
+            raise ValueError("no queries given")
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise ValueError("the query is empty" if len(texts) == 1 else f"query {i} is empty")
+        components = set(components)
+        return self.model.encode(texts, batch_size=batch_size, max_length=max_length or self.max_length,
+                                 return_dense="dense" in components, return_sparse="sparse" in components,
+                                 return_colbert="colbert" in components, show_progress=show_progress)
+
+    def search(self, query: str | Sequence[str], *, mode: str = "hybrid", top_k: int = 10,
+               weights: Sequence[float] = scoring.DEFAULT_WEIGHTS, candidates: int = 100,
+               max_length: int | None = None) -> list[SearchResult] | list[list[SearchResult]]:
+        """Retrieve the ``top_k`` documents for one query (a list of results) or a batch (a list of lists).
+
+        ``mode``: ``dense``, ``sparse``, ``colbert`` (exhaustive MaxSim) or ``hybrid`` (candidates =
+        dense top-``candidates`` ∪ sparse top-``candidates``, reranked by w1·dense + w2·sparse +
+        w3·colbert with ``weights``). Queries are encoded with the index's ``max_length`` unless given.
+        """
+        self._check_mode(mode)
+        single = isinstance(query, str)
+        q = self.encode_queries(query, components=self.components_for(mode, weights), max_length=max_length)
+        ranking = self.rank(q, [mode], top_k=top_k, weights=weights, candidates=candidates)[mode]
+        results = [self._results(ranking, row) for row in range(len(q))]
+        return results[0] if single else results
+
+    def components_for(self, mode: str, weights: Sequence[float] = scoring.DEFAULT_WEIGHTS) -> tuple[str, ...]:
+        """Which query embeddings ``mode`` needs."""
+        if mode != "hybrid":
+            return (mode,)
+        # hybrid reports dense and sparse (cheap) even at weight 0; multi-vector only when it is weighted.
+        # A weighted function the index lacks is listed too, so that rank() names it in its error.
+        out = [c for c, w in zip(("dense", "sparse"), weights[:2]) if c in self.stored or w != 0]
+        if weights[2] != 0:
+            out.append("colbert")
+        return tuple(out)
+
+    def rank(self, queries: EncodeOutput, modes: Sequence[str], *, top_k: int = 10,
+             weights: Sequence[float] = scoring.DEFAULT_WEIGHTS, candidates: int = 100,
+             query_block: int | None = None) -> dict[str, Ranking]:
+        """Rank the whole corpus for encoded queries, in several modes at once.
+
+        Queries go in blocks; within a block every score matrix is computed once and shared by
+        the modes (e.g. the exhaustive MaxSim of ``colbert`` is reused by ``hybrid``'s rerank).
+        """
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {candidates}")
+        weights = tuple(float(w) for w in weights)
+        if len(weights) != 3:
+            raise ValueError(f"weights must be (w_dense, w_sparse, w_colbert), got {weights}")
+        for mode in modes:
+            self._check_mode(mode)
+            for c in self.components_for(mode, weights):
+                self._require(c)
+                if getattr(queries, c) is None:
+                    raise ValueError(f"mode {mode!r} needs the queries' {c} embeddings; encode them with "
+                                     f"return_{c}=True")
+        n_q, n = len(queries), len(self)
+        top_k = min(top_k, n)
+        block = query_block or max(1, min(n_q, _SCORE_BLOCK // max(n, 1)))
+        parts: dict[str, list[Ranking]] = {m: [] for m in modes}
+        for start in range(0, n_q, block):
+            scorer = _BlockScorer(self, queries.select(range(start, min(start + block, n_q))))
+            for mode in modes:
+                parts[mode].append(scorer.rank(mode, top_k, weights, max(candidates, top_k)))
+        return {m: _concat_rankings(p) for m, p in parts.items()}
+
+    def _results(self, ranking: Ranking, row: int) -> list[SearchResult]:
+        out = []
+        for r, j in enumerate(ranking.indices[row]):
+            if j < 0:
+                break
+            comp = {c: (None if getattr(ranking, c) is None or math.isnan(getattr(ranking, c)[row, r])
+                        else float(getattr(ranking, c)[row, r])) for c in STORES}
+            doc = self.documents[j]
+            out.append(SearchResult(doc.id, r + 1, float(ranking.scores[row, r]), comp["dense"], comp["sparse"],
+                                    comp["colbert"], doc))
+        return out
+
+    @staticmethod
+    def _check_mode(mode: str) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; the modes are {', '.join(MODES)}")
+
+    # ------------------------------------------------------------------ saving and loading
+    def save(self, path: str | Path) -> Path:
+        """Write the index to directory ``path`` atomically (a complete old version survives a failure)."""
+        path = Path(path)
+        with atomic_directory(path) as tmp:
+            with open(tmp / DOCUMENTS, "w", encoding="utf-8") as f:
+                f.writelines(json.dumps({"id": d.id, "text": d.text, "title": d.title, "language": d.language},
+                                       ensure_ascii=False) + "\n" for d in self.documents)
+            arrays = {}
+            if self.dense is not None:
+                arrays["dense"] = self._save_array(tmp, "dense", self.dense)
+                if self.settings["dense_index"] != "flat":  # a flat index is rebuilt from dense.npy on load
+                    faiss.write_index(self.dense_index, str(tmp / _FILES["faiss"]))
+            if self.sparse is not None:
+                sp.save_npz(tmp / _FILES["sparse"], self.sparse, compressed=False)
+                arrays["sparse"] = {"file": _FILES["sparse"], "shape": list(self.sparse.shape),
+                                    "dtype": str(self.sparse.dtype), "nnz": int(self.sparse.nnz)}
+            if self.colbert_vectors is not None:
+                arrays["colbert_vectors"] = self._save_array(tmp, "colbert_vectors", self.colbert_vectors)
+                arrays["colbert_offsets"] = self._save_array(tmp, "colbert_offsets", self.colbert_offsets)
+            files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256_file(p)} for p in sorted(tmp.iterdir())}
+            write_json(tmp / MANIFEST, {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "m3lab_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "model": {"name_or_path": self.model.name_or_path, "fingerprint": self.fingerprint,
+                          "pooling": self.model.pooling, "hidden_size": self.model.hidden_size,
+                          "vocab_size": self.model.vocab_size, "heads_trained": self.model.heads_trained},
+                "settings": self.settings,
+                "corpus": {"n_documents": len(self), "sha256": corpus_fingerprint(self.documents)},
+                "arrays": arrays, "files": files,
+            })
+        return path
+
+    @staticmethod
+    def _save_array(folder: Path, name: str, array: np.ndarray) -> dict:
+        np.save(folder / _FILES[name], np.ascontiguousarray(array), allow_pickle=False)
+        return {"file": _FILES[name], "shape": list(array.shape), "dtype": str(array.dtype)}
+
+    @staticmethod
+    def read_manifest(path: str | Path) -> dict:
+        """The manifest of the index in ``path``, checked for the fields loading needs."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"index directory {path} does not exist")
+        file = path / MANIFEST
+        if not file.is_file():
+            raise CorruptIndexError(f"{file}: missing — {path} is not an m3lab index (or its write was interrupted)")
+        try:
+            manifest = json.loads(file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            where = f":{err.lineno}" if isinstance(err, json.JSONDecodeError) else ""
+            raise CorruptIndexError(f"{file}{where}: not valid JSON ({err})") from None
+        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+            raise CorruptIndexError(f"{file}: not an m3lab corpus index manifest (field 'format' is not {FORMAT!r})")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise CorruptIndexError(f"{file}: format_version {manifest.get('format_version')!r} is not supported "
+                                    f"(this m3lab reads version {FORMAT_VERSION})")
+        for key, sub in (("model", ("name_or_path", "fingerprint", "pooling")), ("settings", ("store", "max_length")),
+                         ("corpus", ("n_documents", "sha256")), ("arrays", ()), ("files", ())):
+            if not isinstance(manifest.get(key), dict):
+                raise CorruptIndexError(f"{file}: field {key!r} is missing or not an object")
+            for k in sub:
+                if k not in manifest[key]:
+                    raise CorruptIndexError(f"{file}: field '{key}.{k}' is missing")
+        return manifest
+
+    @classmethod
+    def load(cls, path: str | Path, model: M3Model | None = None, *, verify: bool = True) -> CorpusIndex:
+        """Read an index written by :meth:`save`.
+
+        ``model`` must be the model that built it (checked by weight fingerprint and pooling);
+        ``None`` loads the model named in the manifest. ``verify`` checks every file's SHA-256.
+        A missing or corrupt file raises :class:`CorruptIndexError` naming it; another model
+        raises :class:`ModelMismatchError` naming both.
+        """
+        path = Path(path)
+        manifest = cls.read_manifest(path)
+        m = manifest["model"]
+        if model is None:
+            model = M3Model.from_pretrained(m["name_or_path"], pooling=m["pooling"])
+        fingerprint = model_fingerprint(model)
+        if fingerprint != m["fingerprint"]:
+            raise ModelMismatchError(
+                f"the index in {path} was built with model {m['name_or_path']!r} (fingerprint {m['fingerprint'][:12]}), "
+                f"but the given model is {model.name_or_path!r} (fingerprint {fingerprint[:12]}); its vectors would be "
+                "meaningless for this model: load it with the model that built it, or rebuild it with CorpusIndex.build")
+        if model.pooling != m["pooling"]:
+            raise ModelMismatchError(f"the index in {path} was built with pooling {m['pooling']!r}, but the given model "
+                                     f"pools with {model.pooling!r}; load the model with pooling={m['pooling']!r}")
+        for name, info in manifest["files"].items():
+            file = path / name
+            if not file.is_file():
+                raise CorruptIndexError(f"{file}: missing (listed in {MANIFEST})")
+            if file.stat().st_size != info.get("bytes"):
+                raise CorruptIndexError(f"{file}: {file.stat().st_size} bytes, the manifest says {info.get('bytes')} "
+                                        "(truncated or altered)")
+            if verify and _sha256_file(file) != info.get("sha256"):
+                raise CorruptIndexError(f"{file}: SHA-256 differs from the manifest (the file was altered)")
+
+        documents = _read_documents(path / DOCUMENTS)
+        corpus = manifest["corpus"]
+        if len(documents) != corpus["n_documents"] or corpus_fingerprint(documents) != corpus["sha256"]:
+            raise CorruptIndexError(f"{path / DOCUMENTS}: does not match the corpus in {MANIFEST} "
+                                    f"({len(documents)} documents, expected {corpus['n_documents']})")
+        arrays, settings = manifest["arrays"], manifest["settings"]
+        store = tuple(settings["store"])
+        n = len(documents)
+        dense = faiss_index = sparse = vectors = offsets = None
+        if "dense" in store:
+            dense = _load_array(path, arrays, "dense", (n, None))
+            if settings.get("dense_index", "flat") == "flat":
+                faiss_index, _ = _build_faiss(dense, "flat", None, 0, 0)
+            else:
+                faiss_index = _read_faiss(path / _FILES["faiss"], n, settings)
+        if "sparse" in store:
+            file = path / _FILES["sparse"]
+            try:
+                sparse = sp.load_npz(file).tocsr()
+            except Exception as err:  # noqa: BLE001 - any parse failure is a corrupt file
+                raise CorruptIndexError(f"{file}: cannot be read ({type(err).__name__}: {err})") from None
+            if sparse.shape[0] != n:
+                raise CorruptIndexError(f"{file}: {sparse.shape[0]} rows for {n} documents")
+        if "colbert" in store:
+            vectors = _load_array(path, arrays, "colbert_vectors", (None, None))
+            offsets = _load_array(path, arrays, "colbert_offsets", (n + 1,))
+            if offsets[0] != 0 or offsets[-1] != len(vectors) or np.any(np.diff(offsets) < 0):
+                raise CorruptIndexError(f"{path / _FILES['colbert_offsets']}: offsets do not partition the "
+                                        f"{len(vectors)} multi-vector rows")
+        return cls(model, documents, settings=settings, dense=dense, dense_index=faiss_index, sparse=sparse,
+                   colbert_vectors=vectors, colbert_offsets=offsets, fingerprint=fingerprint)
+
+
+# ----------------------------------------------------------------------------- scoring one block of queries
+
+class _BlockScorer:
+    """Scores of one block of queries against the corpus, each matrix computed at most once."""
+
+    def __init__(self, index: CorpusIndex, q: EncodeOutput):
+        self.index, self.q = index, q
+        self._full: dict[str, np.ndarray] = {}
+
+    def full(self, component: str) -> np.ndarray:
+        """(block, n) scores of every document with one function (dense, sparse or exhaustive MaxSim)."""
+        if component not in self._full:
+            ix, q = self.index, self.q
+            if component == "dense":
+                s = scoring.dense_scores(q.dense, ix.dense)
+            elif component == "sparse":
+                s = scoring.sparse_scores_inverted(q.sparse_csr, ix.inverted)
+            elif _few_query_rows(q.colbert):
+                s = np.stack([_maxsim_one_query(v, ix._views()) for v in q.colbert])
+            else:
+                s = scoring.colbert_scores_chunked(q.colbert, ix._views())
+            self._full[component] = np.asarray(s, dtype=np.float32)
+        return self._full[component]
+
+    def pairs(self, component: str, cand: np.ndarray) -> np.ndarray:
+        """Scores of the (block, m) candidate documents ``cand`` (``-1`` = none; NaN there)."""
+        valid = cand >= 0
+        ix = self.index
+        # The full matrix when it is already there or cheap: always for sparse (one sparse product), for
+        # dense with an exact (flat) index, for MaxSim when the candidates cover most of the corpus.
+        full = (component in self._full or component == "sparse"
+                or (component == "dense" and ix.settings["dense_index"] == "flat")
+                or (component == "colbert" and valid.sum() > 0.5 * cand.shape[0] * len(ix)))
+        if full:
+            out = np.take_along_axis(self.full(component), np.where(valid, cand, 0), axis=1)
+        else:  # the candidates only: the paper's rerank, far cheaper than exhaustive on large corpora
+            out = np.zeros(cand.shape, dtype=np.float32)
+            for r in range(cand.shape[0]):
+                cols = np.flatnonzero(valid[r])
+                if not len(cols):
+                    continue
+                docs = cand[r, cols]
+                if component == "dense":
+                    out[r, cols] = scoring.dense_scores(self.q.dense[r:r + 1], ix.dense[docs])[0]
+                else:
+                    views = ix._views()
+                    out[r, cols] = _maxsim_one_query(self.q.colbert[r], [views[j] for j in docs])
+        return np.where(valid, out, np.nan).astype(np.float32)
+
+    def dense_candidates(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Dense top-``k`` (ids, scores): faiss finds them (exact for ``flat``, approximate for IVF/HNSW),
+        :func:`scoring.dense_scores` scores and orders them (ties by lower document index).
+
+        faiss is asked for a few more than ``k`` so that its own rounding cannot decide which of
+        two (nearly) tied documents makes the cut.
+        """
+        n = len(self.index)
+        k = min(k, n)
+        _, ids = self.index.dense_index.search(np.ascontiguousarray(self.q.dense, dtype=np.float32),
+                                               min(n, k + 16))
+        ids = ids.astype(np.int64)
+        scores = self.pairs("dense", ids)
+        order = np.lexsort((np.where(ids >= 0, ids, n), np.where(ids >= 0, -scores, np.inf)), axis=1)[:, :k]
+        ids, scores = np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
+        return ids, scores
+
+    def rank(self, mode: str, top_k: int, weights: tuple[float, float, float], candidates: int) -> Ranking:
+        if mode == "dense":
+            idx, s = self.dense_candidates(top_k)
+            return Ranking(idx, s, dense=s)
+        if mode == "sparse":
+            idx, s = _top_k(self.full("sparse"), top_k, positive=True)  # no shared token -> not retrieved
+            return Ranking(idx, s, sparse=s)
+        if mode == "colbert":
+            idx, s = _top_k(self.full("colbert"), top_k)
+            return Ranking(idx, s, colbert=s)
+        # hybrid (section 3.2): candidates from dense and from sparse, reranked by the weighted sum
+        stored = self.index.stored
+        sources = [c for c, w in zip(("dense", "sparse"), weights) if c in stored and w != 0] or \
+                  [c for c in ("dense", "sparse") if c in stored][:1]
+        if not sources:
+            raise ValueError("hybrid search needs dense or sparse embeddings in the index to find candidates")
+        lists = []
+        if "dense" in sources:
+            lists.append(self.dense_candidates(candidates)[0])
+        if "sparse" in sources:
+            lists.append(_top_k(self.full("sparse"), candidates, positive=True)[0])
+        cand = _union_rows(np.concatenate(lists, axis=1))
+        comps = {c: self.pairs(c, cand) for c in self.index.components_for("hybrid", weights)}
+        total = scoring.combine_scores(comps.get("dense"), comps.get("sparse"), comps.get("colbert"), weights)
+        total = np.where(cand >= 0, total, -np.inf)
+        order = np.argsort(-total, axis=1, kind="stable")[:, :top_k]
+        idx = np.take_along_axis(cand, order, axis=1)
+        pick = lambda a: None if a is None else np.take_along_axis(a, order, axis=1)
+        scores = np.take_along_axis(total, order, axis=1).astype(np.float32)
+        idx = np.where(np.isfinite(scores), idx, -1)
+        scores = np.where(idx >= 0, scores, np.nan).astype(np.float32)
+        return Ranking(idx, scores, dense=pick(comps.get("dense")), sparse=pick(comps.get("sparse")),
+                       colbert=pick(comps.get("colbert")))
+
+
+def _few_query_rows(queries: Sequence[np.ndarray]) -> bool:
+    """Whether a block's query vectors are fewer than a vector's dimension (a handful of queries)."""
+    return sum(len(v) for v in queries) < (queries[0].shape[1] if len(queries) else 0)
+
+
+def _maxsim_one_query(q: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
+    """s_mul of one query against each document, by :func:`scoring.colbert_scores` one document at a time.
+
+    For a single query, padding the documents into one block (what ``colbert_scores_chunked``
+    does, best for many queries) costs more memory traffic than the MaxSim itself; here each
+    document's rows are used in place, straight from the contiguous array.
+    """
+    qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))[None]
+    q_mask = torch.ones(qt.shape[:2], dtype=torch.bool)
+    out = np.empty(len(docs), dtype=np.float32)
+    with torch.inference_mode():
+        for i, d in enumerate(docs):
+            if len(d) == 0:  # no vectors: whatever the padded path gives
+                out[i] = scoring.colbert_scores_chunked([q], [d])[0, 0]
+                continue
+            p = torch.from_numpy(np.ascontiguousarray(d, dtype=np.float32))[None]
+            out[i] = scoring.colbert_scores(qt, q_mask, p, torch.ones(p.shape[:2], dtype=torch.bool))[0, 0]
+    return out
+
+
+def _top_k(scores: np.ndarray, k: int, *, positive: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise top-``k`` (indices, scores), best first, ties by lower index; ``positive`` drops scores <= 0 (-1)."""
+    n = scores.shape[1]
+    k = min(k, n)
+    if k < n // 4:
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        part.sort(axis=1)  # so the stable sort below breaks ties by index
+    else:
+        part = np.broadcast_to(np.arange(n), scores.shape)
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-vals, axis=1, kind="stable")[:, :k]
+    idx = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    vals = np.take_along_axis(vals, order, axis=1).astype(np.float32)
+    if positive:
+        idx = np.where(vals > 0, idx, -1)
+        vals = np.where(vals > 0, vals, np.nan).astype(np.float32)
+    return idx, vals
+
+
+def _union_rows(ids: np.ndarray) -> np.ndarray:
+    """Per row, the distinct non-negative ids (sorted), padded with -1 to a common width."""
+    rows = [np.unique(r[r >= 0]) for r in ids]
+    out = np.full((len(rows), max((len(r) for r in rows), default=0) or 1), -1, dtype=np.int64)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+def _concat_rankings(parts: list[Ranking]) -> Ranking:
+    width = max(p.indices.shape[1] for p in parts)
+
+    def pad(a, fill):
+        return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
+
+    cat = lambda name, fill: None if getattr(parts[0], name) is None else np.concatenate(
+        [pad(getattr(p, name), fill) for p in parts])
+    return Ranking(cat("indices", -1), cat("scores", np.nan), cat("dense", np.nan), cat("sparse", np.nan),
+                   cat("colbert", np.nan))
+
+
+# ----------------------------------------------------------------------------- files
+
+def _build_faiss(dense: np.ndarray, kind: str, nlist: int | None, nprobe: int, hnsw_m: int
+                 ) -> tuple[faiss.Index, int | None]:
+    """A faiss inner-product index over the (normalised) dense vectors."""
+    n, d = dense.shape
+    x = np.ascontiguousarray(dense, dtype=np.float32)
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = 128
+    else:  # ivf: about 4 sqrt(n) lists, with >= 39 training points each as faiss recommends
+        nlist = nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+        if nlist > n:
+            raise ValueError(f"ivf_nlist={nlist} is larger than the corpus ({n} documents)")
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(x)
+        index.nprobe = max(1, min(nprobe, nlist))
+    index.add(x)
+    return index, nlist
+
+
+def _read_faiss(file: Path, n: int, settings: dict) -> faiss.Index:
+    try:
+        index = faiss.read_index(str(file))
+    except Exception as err:  # noqa: BLE001 - faiss raises RuntimeError with C++ text
+        raise CorruptIndexError(f"{file}: cannot be read by faiss ({str(err).strip().splitlines()[-1]})") from None
+    if index.ntotal != n:
+        raise CorruptIndexError(f"{file}: holds {index.ntotal} vectors for {n} documents")
+    if settings.get("dense_index") == "ivf":
+        faiss.extract_index_ivf(index).nprobe = max(1, min(settings.get("nprobe", 16), index.nlist))
+    return index
+
+
+def _load_array(path: Path, arrays: dict, name: str, shape: tuple) -> np.ndarray:
+    info = arrays.get(name)
+    file = path / _FILES[name]
+    if not isinstance(info, dict):
+        raise CorruptIndexError(f"{path / MANIFEST}: field 'arrays.{name}' is missing")
+    try:
+        array = np.load(file, allow_pickle=False)
+    except FileNotFoundError:
+        raise CorruptIndexError(f"{file}: missing") from None
+    except Exception as err:  # noqa: BLE001 - truncated header, bad magic, pickled object...
+        raise CorruptIndexError(f"{file}: cannot be read as a NumPy array ({type(err).__name__}: {err})") from None
+    if list(array.shape) != list(info.get("shape", [])) or str(array.dtype) != info.get("dtype"):
+        raise CorruptIndexError(f"{file}: shape {array.shape} {array.dtype}, the manifest says "
+                                f"{tuple(info.get('shape', []))} {info.get('dtype')}")
+    if any(s is not None and s != a for s, a in zip(shape, array.shape)) or len(shape) != array.ndim:
+        raise CorruptIndexError(f"{file}: shape {array.shape} does not fit the corpus (expected {shape})")
+    return array
+
+
+def _read_documents(file: Path) -> list[Document]:
+    if not file.is_file():
+        raise CorruptIndexError(f"{file}: missing")
+    docs = []
+    with open(file, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                obj = json.loads(line)
+                docs.append(Document(obj["id"], obj["text"], obj.get("language"), obj.get("title")))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise CorruptIndexError(f"{file}:{number}: not a document record ({type(err).__name__}: {err})") from None
+    return docs

@@ -1,0 +1,337 @@
+"""Plotly figures of M3's scores, shared by the app and the notebooks.
+
+Every builder returns a ``plotly.graph_objects.Figure`` and only draws numbers it is given:
+the token weights, lexical matches and MaxSim alignments of :mod:`m3lab.inspect`, score
+tables, projections (:mod:`m3lab.projection`) and training logs.
+"""
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .inspect import LexicalMatch, MaxSimAlignment, TokenWeight
+
+#: one colour per retrieval function, used by every figure
+COLORS = {"dense": "#4C78A8", "sparse": "#F58518", "colbert": "#54A24B", "hybrid": "#B279A2", "query": "#E45756"}
+NAMES = {"dense": "dense", "sparse": "sparse (lexical)", "colbert": "multi-vector", "hybrid": "hybrid"}
+_PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6", "#9D755D", "#BAB0AC",
+            "#EECA3B", "#1F77B4", "#8C564B", "#17BECF", "#BCBD22", "#7F7F7F", "#D62728")
+
+
+def _layout(fig: go.Figure, title: str | None, height: int | None = None, **kw) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0.01, xanchor="left") if title else None, template="plotly_white",
+                      margin=dict(l=10, r=10, t=50 if title else 20, b=10), height=height, **kw)
+    return fig
+
+
+def empty_figure(message: str, height: int = 300) -> go.Figure:
+    """A blank figure that shows ``message`` (for views with nothing to draw yet)."""
+    fig = go.Figure()
+    fig.add_annotation(text=html.escape(message), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False,
+                       font=dict(size=14, color="#666"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, None, height)
+
+
+# ----------------------------------------------------------------------------- lexical (sparse) weights
+
+def token_weight_bar(weights: Sequence[TokenWeight] | Mapping[str, float], *, top: int = 30,
+                     title: str | None = "Lexical token weights w_t", color: str = COLORS["sparse"]) -> go.Figure:
+    """Horizontal bars of the ``top`` heaviest lexical weights w_t = ReLU(W_lex^T H[t]) (section 3.2).
+
+    ``weights``: :func:`m3lab.inspect.token_weights` output or a ``{token: weight}`` mapping.
+    """
+    items = ([(w.token, w.weight) for w in weights] if not isinstance(weights, Mapping) else list(weights.items()))
+    items = sorted(items, key=lambda kv: -kv[1])[:top]
+    if not items:
+        return empty_figure("no token has a positive weight")
+    tokens, values = zip(*items)
+    fig = go.Figure(go.Bar(x=list(values)[::-1], y=_unique_labels(tokens)[::-1], orientation="h",
+                           marker_color=color, hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
+    fig.update_xaxes(title="weight")
+    fig.update_yaxes(tickmode="linear", automargin=True)  # every token labelled
+    return _layout(fig, title, height=max(220, 22 * len(items) + 80))
+
+
+def lexical_contribution_bar(match: LexicalMatch, *, top: int = 30, title: str | None = None) -> go.Figure:
+    """The shared tokens of a pair and their terms w_qt * w_pt, which sum to s_lex (section 3.2).
+
+    The hover shows both weights; the title the total s_lex of *all* shared tokens (bars beyond
+    ``top`` are summed into one "other" bar so the bars always add up to it).
+    """
+    title = title if title is not None else f"Shared tokens: contributions w_q·w_p sum to s_lex = {match.total:.4f}"
+    if not match.tokens:
+        return empty_figure(f"no shared token with a positive weight: s_lex = {match.total:.4f}")
+    tokens = _unique_labels(match.tokens)
+    q, p, c = (np.asarray(a, dtype=float) for a in (match.query_weights, match.passage_weights, match.contributions))
+    rows = list(zip(tokens, q, p, c))
+    if len(rows) > top:
+        rest = rows[top - 1:]
+        rows = rows[: top - 1] + [(f"({len(rest)} other tokens)", math.nan, math.nan, float(sum(r[3] for r in rest)))]
+    labels, qw, pw, contrib = zip(*rows)
+    custom = np.stack([qw, pw], axis=1)
+    fig = go.Figure(go.Bar(x=list(contrib)[::-1], y=list(labels)[::-1], orientation="h", marker_color=COLORS["sparse"],
+                           customdata=custom[::-1],
+                           hovertemplate="%{y}: w_q=%{customdata[0]:.4f} × w_p=%{customdata[1]:.4f} = %{x:.4f}"
+                                         "<extra></extra>"))
+    fig.update_xaxes(title="w_q · w_p")
+    fig.update_yaxes(tickmode="linear", automargin=True)
+    return _layout(fig, title, height=max(220, 22 * len(rows) + 80))
+
+
+def weighted_spans(text: str, offsets: Sequence[tuple[int, int]], weights: Sequence[float], *,
+                   normalize: bool = True) -> list[tuple[str, float | None]]:
+    """Split ``text`` into (piece, weight) spans for highlighting (e.g. ``gradio.HighlightedText``).
+
+    ``offsets`` are the character spans of the tokens (a fast tokenizer's ``offset_mapping``)
+    and ``weights`` their weights; text between tokens gets ``None``. Overlapping sub-tokens
+    of one span keep the largest weight. With ``normalize`` weights are divided by the
+    largest, so they lie in [0, 1].
+    """
+    spans: dict[tuple[int, int], float] = {}
+    for (start, end), w in zip(offsets, weights):
+        if end > start:
+            spans[(start, end)] = max(float(w), spans.get((start, end), 0.0))
+    top = max(spans.values(), default=0.0)
+    scale = top if normalize and top > 0 else 1.0
+    out: list[tuple[str, float | None]] = []
+    pos = 0
+    for (start, end), w in sorted(spans.items()):
+        if start < pos:  # overlapping offsets (rare): skip the overlap
+            start = pos
+            if start >= end:
+                continue
+        if start > pos:
+            out.append((text[pos:start], None))
+        out.append((text[start:end], round(w / scale, 4) if w > 0 else None))
+        pos = end
+    if pos < len(text):
+        out.append((text[pos:], None))
+    return out
+
+
+def weighted_text_html(spans: Sequence[tuple[str, float | None]], color: str = "245,133,24") -> str:
+    """HTML of :func:`weighted_spans`: each token's background opacity is its weight (for notebooks)."""
+    parts = []
+    for piece, w in spans:
+        piece = html.escape(piece)
+        if w:
+            parts.append(f'<span style="background: rgba({color},{min(max(w, 0.0), 1.0):.3f}); border-radius: 3px" '
+                         f'title="{w:.3f}">{piece}</span>')
+        else:
+            parts.append(piece)
+    return '<div style="line-height: 1.9">' + "".join(parts) + "</div>"
+
+
+# ----------------------------------------------------------------------------- multi-vector (MaxSim)
+
+def maxsim_heatmap(alignment: MaxSimAlignment, *, max_passage_tokens: int | None = 160,
+                   title: str | None = None) -> go.Figure:
+    """Query tokens × passage tokens similarities <E_q[i], E_p[j]>, each row's best match marked,
+    and beside it each query token's contribution max_j sim / N; they sum to s_mul (section 3.2).
+
+    Only the first ``max_passage_tokens`` passage columns are drawn (plus every best match
+    beyond them), so long passages stay readable; the contributions always use all of them.
+    """
+    a = alignment
+    title = title if title is not None else f"MaxSim: contributions max_j sim / N sum to s_mul = {a.total:.4f}"
+    if not len(a.query_tokens) or not len(a.passage_tokens):
+        return empty_figure("nothing to align (an empty query or passage)")
+    n_p = len(a.passage_tokens)
+    cols = np.arange(n_p)
+    if max_passage_tokens is not None and n_p > max_passage_tokens:
+        cols = np.union1d(np.arange(max_passage_tokens), np.asarray(a.best))
+    x_labels = [f"{j}:{a.passage_tokens[j]}" for j in cols]
+    y_labels = [f"{i}:{t}" for i, t in enumerate(a.query_tokens)]
+    sim = np.asarray(a.similarity)[:, cols]
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, column_widths=[0.8, 0.2], horizontal_spacing=0.02,
+                        subplot_titles=("similarity of query and passage vectors", "contribution"))
+    fig.add_trace(go.Heatmap(z=sim, x=x_labels, y=y_labels, colorscale="Viridis", zmin=float(min(0.0, sim.min())),
+                             zmax=1.0, colorbar=dict(title="sim", x=1.0, xanchor="left", len=0.9, thickness=12),
+                             hovertemplate="query %{y}<br>passage %{x}<br>sim %{z:.3f}<extra></extra>"), row=1, col=1)
+    best_x = [f"{j}:{a.passage_tokens[j]}" for j in np.asarray(a.best)]
+    fig.add_trace(go.Scatter(x=best_x, y=y_labels, mode="markers", name="best match",
+                             marker=dict(symbol="square-open", size=11, color="#E45756", line=dict(width=2)),
+                             hovertemplate="best match of %{y}: %{x}<extra></extra>"), row=1, col=1)
+    contrib = np.asarray(a.contributions, dtype=float)
+    fig.add_trace(go.Bar(x=contrib, y=y_labels, orientation="h", marker_color=COLORS["colbert"], name="contribution",
+                         hovertemplate="%{y}: %{x:.4f}<extra></extra>"), row=1, col=2)
+    fig.update_yaxes(autorange="reversed", tickmode="linear", automargin=True, row=1, col=1)
+    fig.update_xaxes(tickangle=-60, tickfont=dict(size=9), row=1, col=1)
+    fig.update_layout(showlegend=False)
+    return _layout(fig, title, height=max(320, 20 * len(y_labels) + 200))
+
+
+# ----------------------------------------------------------------------------- scores
+
+def score_bars(scores: Mapping[str, float | None], *, weights: Sequence[float] | None = None,
+               title: str | None = "Scores of the pair") -> go.Figure:
+    """Bars of one pair's scores: ``{"dense": ..., "sparse": ..., "colbert": ..., "hybrid": ...}``.
+
+    With ``weights`` = (w1, w2, w3) the hybrid bar is stacked from its terms w·s, so its
+    height is s_rank = w1 s_dense + w2 s_lex + w3 s_mul (section 3.2).
+    """
+    fig = go.Figure()
+    parts = [k for k in ("dense", "sparse", "colbert") if scores.get(k) is not None]
+    fig.add_trace(go.Bar(x=[NAMES[k] for k in parts], y=[scores[k] for k in parts],
+                         marker_color=[COLORS[k] for k in parts], text=[f"{scores[k]:.4f}" for k in parts],
+                         textposition="outside", showlegend=False, hovertemplate="%{x}: %{y:.4f}<extra></extra>"))
+    if scores.get("hybrid") is not None:
+        if weights is not None:
+            for k, w in zip(("dense", "sparse", "colbert"), weights):
+                if w and scores.get(k) is not None:
+                    fig.add_trace(go.Bar(x=[NAMES["hybrid"]], y=[w * scores[k]], name=f"{w:g} × {NAMES[k]}",
+                                         marker_color=COLORS[k], opacity=0.75,
+                                         hovertemplate=f"{w:g} × {NAMES[k]} = %{{y:.4f}}<extra></extra>"))
+            fig.add_annotation(x=NAMES["hybrid"], y=scores["hybrid"], text=f"{scores['hybrid']:.4f}",
+                               showarrow=False, yshift=10)
+        else:
+            fig.add_trace(go.Bar(x=[NAMES["hybrid"]], y=[scores["hybrid"]], marker_color=COLORS["hybrid"],
+                                 showlegend=False, text=[f"{scores['hybrid']:.4f}"], textposition="outside"))
+    fig.update_layout(barmode="relative", legend=dict(orientation="h", y=-0.15))
+    fig.update_yaxes(title="score", zeroline=True)
+    return _layout(fig, title, height=340)
+
+
+def hybrid_breakdown(labels: Sequence[str], components: Mapping[str, Sequence[float | None]],
+                     weights: Sequence[float], *, title: str | None = "Hybrid score of each result: w1·dense + "
+                                                                            "w2·sparse + w3·multi-vector") -> go.Figure:
+    """Stacked bars per result of the terms of s_rank = w1 s_dense + w2 s_lex + w3 s_mul (section 3.2).
+
+    ``components`` maps ``dense``/``sparse``/``colbert`` to one score per label (``None`` skipped).
+    """
+    fig = go.Figure()
+    labels = _unique_labels(labels)
+    for k, w in zip(("dense", "sparse", "colbert"), weights):
+        values = components.get(k)
+        if not w or values is None:
+            continue
+        y = [None if v is None else w * v for v in values]
+        fig.add_trace(go.Bar(x=labels, y=y, name=f"{w:g} × {NAMES[k]}", marker_color=COLORS[k],
+                             hovertemplate=f"%{{x}}<br>{w:g} × {NAMES[k]} = %{{y:.4f}}<extra></extra>"))
+    fig.update_layout(barmode="relative", legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    fig.update_xaxes(tickangle=-30)
+    return _layout(fig, title, height=360)
+
+
+# ----------------------------------------------------------------------------- projection
+
+def projection_scatter(coords: np.ndarray, labels: Sequence[str], texts: Sequence[str], *,
+                       query_coords: np.ndarray | None = None, query_texts: Sequence[str] | None = None,
+                       highlight: Sequence[int] | None = None, title: str | None = None,
+                       legend_title: str = "", method: str | None = None) -> go.Figure:
+    """The corpus map coloured by ``labels`` (one trace per label, so the legend toggles them),
+    hover showing ``texts``; queries drawn as stars; ``highlight`` rings the given points
+    (e.g. the retrieved documents)."""
+    coords = np.asarray(coords, dtype=float)
+    if len(coords) != len(labels) or len(coords) != len(texts):
+        raise ValueError(f"coords ({len(coords)}), labels ({len(labels)}) and texts ({len(texts)}) differ in length")
+    fig = go.Figure()
+    groups: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        groups.setdefault(str(lab), []).append(i)
+    many = len(groups) > len(_PALETTE)
+    for g, (lab, idx) in enumerate(sorted(groups.items())):
+        fig.add_trace(go.Scatter(
+            x=coords[idx, 0], y=coords[idx, 1], mode="markers", name=lab, text=[_wrap(texts[i]) for i in idx],
+            marker=dict(size=8, opacity=0.8, color=None if many else _PALETTE[g % len(_PALETTE)]),
+            hovertemplate=f"<b>{html.escape(lab)}</b><br>%{{text}}<extra></extra>", showlegend=not many))
+    if highlight is not None and len(highlight):
+        h = [int(i) for i in highlight]
+        fig.add_trace(go.Scatter(x=coords[h, 0], y=coords[h, 1], mode="markers", name="retrieved",
+                                 marker=dict(size=15, color="rgba(0,0,0,0)", line=dict(color="#222", width=2)),
+                                 text=[_wrap(texts[i]) for i in h],
+                                 hovertemplate="retrieved<br>%{text}<extra></extra>"))
+    if query_coords is not None and len(query_coords):
+        q = np.asarray(query_coords, dtype=float).reshape(-1, 2)
+        qt = list(query_texts) if query_texts is not None else ["query"] * len(q)
+        fig.add_trace(go.Scatter(x=q[:, 0], y=q[:, 1], mode="markers", name="query", text=[_wrap(t) for t in qt],
+                                 marker=dict(symbol="star", size=20, color=COLORS["query"],
+                                             line=dict(color="#000", width=1)),
+                                 hovertemplate="<b>query</b><br>%{text}<extra></extra>"))
+    axis = (method or "").upper()
+    fig.update_xaxes(title=f"{axis} 1" if axis else None, showticklabels=False)
+    fig.update_yaxes(title=f"{axis} 2" if axis else None, showticklabels=False)
+    fig.update_layout(legend=dict(title=legend_title))
+    return _layout(fig, title, height=560)
+
+
+# ----------------------------------------------------------------------------- training and evaluation
+
+def loss_curves(log_records: Sequence[Mapping[str, Any]], *, keys: Sequence[str] | None = None, x: str = "step",
+                title: str | None = "Training losses", log_y: bool = False) -> go.Figure:
+    """One line per numeric field of the training log records (e.g. ``loss``, ``loss_dense``, ...) against ``x``.
+
+    ``keys`` picks the fields (default: every numeric field whose name starts with ``loss``).
+    Records without a field are skipped for that line.
+    """
+    if keys is None:
+        keys = sorted({k for r in log_records for k, v in r.items()
+                       if k.startswith("loss") and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    if not log_records or not keys:
+        return empty_figure("no loss values in the log")
+    fig = go.Figure()
+    for key in keys:
+        pts = [(r.get(x, i), r[key]) for i, r in enumerate(log_records) if isinstance(r.get(key), (int, float))]
+        if pts:
+            xs, ys = zip(*pts)
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=key))
+    fig.update_xaxes(title=x)
+    fig.update_yaxes(title="loss", type="log" if log_y else "linear")
+    return _layout(fig, title, height=380)
+
+
+def metric_bars(rows: Sequence[Mapping[str, Any]], *, x: str = "language", y: str = "ndcg@10", color: str = "mode",
+                title: str | None = None) -> go.Figure:
+    """Grouped bars of an evaluation table: ``rows`` of ``{x: ..., color: ..., y: value}``
+    (e.g. nDCG@10 by language and retrieval mode). A pandas DataFrame works via ``df.to_dict("records")``."""
+    if hasattr(rows, "to_dict"):
+        rows = rows.to_dict("records")
+    if not rows:
+        return empty_figure("no results")
+    xs = list(dict.fromkeys(str(r[x]) for r in rows))
+    fig = go.Figure()
+    for g, group in enumerate(dict.fromkeys(str(r.get(color, "")) for r in rows)):
+        vals = {str(r[x]): r[y] for r in rows if str(r.get(color, "")) == group}
+        fig.add_trace(go.Bar(x=xs, y=[vals.get(v) for v in xs], name=group,
+                             marker_color=COLORS.get(group, _PALETTE[g % len(_PALETTE)]),
+                             hovertemplate=f"{html.escape(group)} %{{x}}: %{{y:.4f}}<extra></extra>"))
+    fig.update_layout(barmode="group")
+    fig.update_xaxes(title=x)
+    fig.update_yaxes(title=y)
+    return _layout(fig, title if title is not None else f"{y} by {x} and {color}", height=380)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _unique_labels(labels: Sequence[str]) -> list[str]:
+    """Plotly merges equal category labels; number repeats so every bar keeps its own row."""
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:
+        lab = str(lab)
+        n = seen.get(lab, 0)
+        seen[lab] = n + 1
+        out.append(lab if n == 0 else f"{lab} ({n + 1})")
+    return out
+
+
+def _wrap(text: str, width: int = 80, limit: int = 400) -> str:
+    """Hover text: escaped, cut at ``limit`` characters, broken into lines of about ``width``."""
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    words, lines, line = html.escape(text).split(), [], ""
+    for w in words:
+        if line and len(line) + len(w) + 1 > width:
+            lines.append(line)
+            line = w
+        else:
+            line = f"{line} {w}" if line else w
+    lines.append(line)
+    return "<br>".join(lines)

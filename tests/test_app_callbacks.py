@@ -1,0 +1,337 @@
+"""The app's callbacks at function level: scores against the model's own scoring, explanations that
+sum to the scores, bad input as messages, model/corpus switches that keep the previous state on failure,
+and the on-disk index cache. A tiny random BERT keeps it fast; the numbers are checked, not the model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gradio")
+
+from app import callbacks as cb  # noqa: E402
+from app.corpora import (MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, Corpus, builtin_choices, load_builtin,  # noqa: E402
+                         mini_corpus)
+from app.state import AppState, build_workspace, load_model  # noqa: E402
+from m3lab.data import Document  # noqa: E402
+from m3lab.index import document_text  # noqa: E402
+
+QUERY = "where is the tower of paris built"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_bert_dir):
+    return load_model(str(tiny_bert_dir))
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return mini_corpus(["en", "de"])
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("M3LAB_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_model, tiny_bert_dir, corpus, tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("M3LAB_CACHE_DIR", str(tmp_path_factory.mktemp("app-cache")))
+        return build_workspace(tiny_model, str(tiny_bert_dir), corpus, show_progress=False)
+
+
+@pytest.fixture
+def state(workspace, cache):
+    """A fresh server state on the shared workspace (switches swap in new workspaces, never mutate it)."""
+    return AppState(workspace)
+
+
+# ----------------------------------------------------------------------------- Search
+
+@pytest.mark.parametrize("mode,column", [("dense", "dense"), ("sparse", "sparse"), ("multi-vector", "multi-vector")])
+def test_search_single_mode_ranks_by_its_score(state, mode, column):
+    v = cb.search(state.workspace, QUERY, mode, top_k=7)
+    t = v.table
+    assert "⚠️" not in v.message.split(".")[0], v.message
+    assert list(t["rank"]) == list(range(1, len(t) + 1)) and 1 <= len(t) <= 7
+    np.testing.assert_allclose(t["score"], t[column], atol=1e-4)
+    assert list(t["score"]) == sorted(t["score"], reverse=True)
+    assert [c[1] for c in v.choices] == list(t["id"]) == v.session["doc_ids"]
+    assert v.session["query"] == QUERY and v.session["workspace"] == state.workspace.key
+
+
+def test_search_components_match_the_models_own_scores(state, tiny_model):
+    """Every component column equals M3Model.score on the raw texts (an independent path)."""
+    ws = state.workspace
+    v = cb.search(ws, QUERY, "hybrid", 1.0, 0.3, 1.0, top_k=5)
+    docs = [ws.index.documents[ws.position(i)] for i in v.table["id"]]
+    ref = tiny_model.score([QUERY], [document_text(d) for d in docs], weights=(1.0, 0.3, 1.0))
+    np.testing.assert_allclose(v.table["dense"], ref.dense[0], atol=2e-4)
+    np.testing.assert_allclose(v.table["sparse"], ref.sparse[0], atol=2e-4)
+    np.testing.assert_allclose(v.table["multi-vector"], ref.colbert[0], atol=2e-4)
+    # hybrid score = w1 s_dense + w2 s_lex + w3 s_mul, by hand
+    hand = v.table["dense"] + 0.3 * v.table["sparse"] + v.table["multi-vector"]
+    np.testing.assert_allclose(v.table["score"], hand, atol=5e-4)
+    assert len(v.figure.data) == 3  # one stacked term per function
+
+
+def test_search_weights_change_the_hybrid_score(state):
+    a = cb.search(state.workspace, QUERY, "hybrid", 1.0, 0.0, 0.0, top_k=3)
+    np.testing.assert_allclose(a.table["score"], a.table["dense"], atol=1e-4)
+    b = cb.search(state.workspace, QUERY, "hybrid", 0.0, 0.0, 2.0, top_k=3)
+    np.testing.assert_allclose(b.table["score"], 2 * b.table["multi-vector"], atol=3e-4)
+
+
+@pytest.mark.parametrize("query,args,expected", [
+    ("", (), "Type a query"),
+    ("   \n ", (), "Type a query"),
+    ("x" * (cb.MAX_QUERY_CHARS + 1), (), "limit"),
+    (QUERY, ("hybrid", 0, 0, 0), "All hybrid weights are 0"),
+    (QUERY, ("hybrid", -1, 0.3, 1), "≥ 0"),
+    (QUERY, ("bm25",), "Unknown mode"),
+])
+def test_search_bad_input_gives_a_message(state, query, args, expected):
+    v = cb.search(state.workspace, query, *args)
+    assert expected in v.message and v.message.startswith("⚠️")
+    assert v.table.empty and v.choices == []
+
+
+def test_search_top_k_is_clamped(state):
+    v = cb.search(state.workspace, QUERY, "dense", top_k=10_000)
+    assert len(v.table) == min(cb.MAX_TOP_K, len(state.workspace.index))
+    assert len(cb.search(state.workspace, QUERY, "dense", top_k=0).table) == 1
+
+
+# ----------------------------------------------------------------------------- Sparse and MaxSim
+
+def test_sparse_view_contributions_sum_to_the_sparse_score(state):
+    ws = state.workspace
+    s = cb.search(ws, QUERY, "sparse", top_k=3)
+    doc_id = s.choices[1][1]
+    v = cb.sparse_view(ws, s.session, doc_id)
+    m = v.match
+    assert m.total == pytest.approx(float(np.sum(m.contributions)), abs=1e-5)
+    np.testing.assert_allclose(m.contributions, m.query_weights * m.passage_weights, rtol=1e-6)
+    assert m.total == pytest.approx(float(s.table.loc[s.table["id"] == doc_id, "sparse"].iloc[0]), abs=2e-4)
+    assert v.table["token"].iloc[-1] == "s_lex (sum)" and v.table["w_q·w_p"].iloc[-1] == round(m.total, 4)
+    # highlighted text: the spans rebuild the text exactly, weights scaled to [0, 1] with the max at 1
+    doc = ws.index.documents[ws.position(doc_id)]
+    for spans, text in ((v.query_spans, QUERY), (v.passage_spans, document_text(doc))):
+        assert "".join(p for p, _ in spans) == text
+        weights = [w for _, w in spans if w is not None]
+        assert weights and max(weights) == pytest.approx(1.0) and min(weights) > 0
+    assert doc_id in v.message
+
+
+def test_sparse_view_defaults_to_the_first_result(state):
+    s = cb.search(state.workspace, QUERY, "dense", top_k=2)
+    assert s.choices[0][1] in cb.sparse_view(state.workspace, s.session, None).message
+
+
+def test_maxsim_view_contributions_sum_to_the_multivector_score(state):
+    ws = state.workspace
+    s = cb.search(ws, QUERY, "multi-vector", top_k=3)
+    doc_id = s.choices[2][1]
+    v = cb.maxsim_view(ws, s.session, doc_id)
+    a = v.alignment
+    np.testing.assert_array_equal(a.best, a.similarity.argmax(axis=1))
+    np.testing.assert_allclose(a.contributions, a.similarity.max(axis=1) / len(a.query_tokens), rtol=1e-5)
+    assert a.total == pytest.approx(float(a.contributions.sum()), abs=1e-5)
+    assert a.total == pytest.approx(float(s.table.loc[s.table["id"] == doc_id, "multi-vector"].iloc[0]), abs=2e-4)
+    assert v.table["query token"].iloc[-1] == "s_mul (sum)" and len(v.table) == len(a.query_tokens) + 1
+    heat, marks, bars = v.figure.data
+    assert heat.type == "heatmap" and len(marks.x) == len(a.query_tokens)
+    assert sum(bars.x) == pytest.approx(a.total, abs=1e-5)
+
+
+@pytest.mark.parametrize("view", [cb.sparse_view, cb.maxsim_view])
+def test_result_views_without_a_valid_search_give_messages(state, view):
+    ws = state.workspace
+    assert "Run a search first" in view(ws, {}, None).message
+    s = cb.search(ws, QUERY, "dense", top_k=2)
+    assert "changed" in view(ws, dict(s.session, workspace="another"), None).message
+    assert "not in the current corpus" in view(ws, s.session, "no/such/doc").message
+
+
+# ----------------------------------------------------------------------------- Projection
+
+def test_projection_view_places_the_query_and_rings_the_results(state, monkeypatch):
+    # PCA here keeps this file fast (UMAP's first fit compiles for ~20 s); UMAP is tested in test_plots_projection.py
+    monkeypatch.setattr("m3lab.projection.MIN_UMAP_POINTS", 10_000)
+    ws = build_workspace(state.workspace.model, state.workspace.model_name, state.workspace.corpus, show_progress=False)
+    s = cb.search(ws, QUERY, "dense", top_k=4)
+    v = cb.projection_view(ws, s.session, "language")
+    names = [t.name for t in v.figure.data]
+    assert names == ["de", "en", "retrieved", "query"]
+    assert sum(len(t.x) for t in v.figure.data[:2]) == len(ws.index)
+    assert len(v.figure.data[2].x) == 4 and len(v.figure.data[3].x) == 1
+    assert "PCA map of 126" in v.message and "mean vector removed" in v.message  # en + de: languages aligned
+    raw = cb.projection_view(ws, s.session, "language", align_languages=False)
+    assert "removed" not in raw.message and "★" in raw.message
+    by_topic = cb.projection_view(ws, {}, "category")
+    assert {t.name for t in by_topic.figure.data} == set(ws.corpus.labels["category"])
+    assert "search to place a query" in by_topic.message
+    assert [t.name for t in cb.projection_view(ws, {}, "no-such-grouping").figure.data] == ["de", "en"]
+
+
+def test_projection_is_cached_on_disk(workspace, cache, monkeypatch):
+    monkeypatch.setattr("m3lab.projection.MIN_UMAP_POINTS", 10_000)
+    ws = build_workspace(workspace.model, workspace.model_name, workspace.corpus, show_progress=False)
+    proj, aligned = ws.projection(), ws.projection(align_languages=True)
+    assert not proj.centred and aligned.centred
+    files = sorted(f.stem for f in (cache / "projections").glob("*.npz"))
+    assert files == [ws.key, f"{ws.key}-aligned"]
+    again = build_workspace(ws.model, ws.model_name, ws.corpus, show_progress=False)
+    np.testing.assert_array_equal(again.projection().coords, proj.coords)
+    np.testing.assert_array_equal(again.projection(align_languages=True).coords, aligned.coords)
+
+
+# ----------------------------------------------------------------------------- Compare
+
+def test_compare_scores_and_explanations(state, tiny_model):
+    a, b = "the tower of paris", "paris has a tower built in the year of the world fair"
+    v = cb.compare(state.workspace, a, b, 1.0, 0.3, 1.0)
+    ref = tiny_model.score([a], [b], weights=(1.0, 0.3, 1.0))
+    assert v.values["dense"] == pytest.approx(float(ref.dense[0, 0]), abs=1e-5)
+    assert v.values["sparse"] == pytest.approx(float(ref.sparse[0, 0]), abs=1e-5)
+    assert v.values["colbert"] == pytest.approx(float(ref.colbert[0, 0]), abs=1e-5)
+    assert v.values["hybrid"] == pytest.approx(v.values["dense"] + 0.3 * v.values["sparse"] + v.values["colbert"],
+                                               abs=1e-5)
+    assert list(v.scores["function"]) == ["dense", "sparse (lexical)", "multi-vector", "hybrid"]
+    # the explanations' figures carry the same totals
+    assert sum(v.lexical_figure.data[0].x) == pytest.approx(v.values["sparse"], abs=1e-5)
+    assert sum(v.maxsim_figure.data[2].x) == pytest.approx(v.values["colbert"], abs=1e-5)
+    shared = len(set(tiny_model.encode([a]).sparse[0]) & set(tiny_model.encode([b]).sparse[0]))
+    assert f"over {shared} shared tokens" in v.scores["how"].iloc[1]
+
+
+@pytest.mark.parametrize("a,b", [("", "text"), ("text", "  "), (None, None)])
+def test_compare_needs_two_texts(state, a, b):
+    v = cb.compare(state.workspace, a, b)
+    assert "Enter both texts" in v.message and v.values == {}
+
+
+# ----------------------------------------------------------------------------- Corpus
+
+def test_upload_jsonl_replaces_the_corpus(state, tmp_path):
+    f = tmp_path / "mine.jsonl"
+    texts = ["the tower of paris", "a river in the city", "music and science"]
+    f.write_text("\n".join(json.dumps({"id": f"d{i}", "text": t, "lang": "en"}) for i, t in enumerate(texts)),
+                 encoding="utf-8")
+    before = state.workspace
+    v = cb.load_uploaded_corpus(state, str(f))
+    assert "Loaded" in v.message and state.workspace is not before
+    assert list(v.preview["id"]) == ["d0", "d1", "d2"] and "3 documents" in v.header
+    s = cb.search(state.workspace, "paris tower", "dense", top_k=3)
+    assert set(s.table["id"]) == {"d0", "d1", "d2"}
+    # a small corpus is mapped with PCA
+    assert "PCA" in cb.projection_view(state.workspace, s.session).message
+
+
+def _bad_files(tmp_path):
+    jsonl = tmp_path / "broken.jsonl"
+    jsonl.write_text('{"text": "fine"}\n{"text": "no closing brace"\n', encoding="utf-8")
+    missing = tmp_path / "fields.jsonl"
+    missing.write_text('{"text": "fine"}\n{"title": "no text"}\n', encoding="utf-8")
+    binary = tmp_path / "blob.txt"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("café\nnaïve\n".encode("latin-1"))
+    huge = tmp_path / "huge.txt"
+    huge.write_bytes(b"word " * (MAX_UPLOAD_BYTES // 5 + 10))
+    many = tmp_path / "many.txt"
+    many.write_text("\n".join(f"doc {i}" for i in range(MAX_UPLOAD_DOCUMENTS + 1)), encoding="utf-8")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("", encoding="utf-8")
+    pdf = tmp_path / "paper.pdf"
+    pdf.write_bytes(b"%PDF-1.4")
+    nocol = tmp_path / "table.csv"
+    nocol.write_text("id,body\n1,hello\n", encoding="utf-8")
+    return [(jsonl, "broken.jsonl:2: malformed JSON"), (missing, "fields.jsonl:2: field 'text'"),
+            (binary, "binary"), (latin, "latin.txt:1: not valid UTF-8"), (huge, "over the 5 MB upload limit"),
+            (many, f"{MAX_UPLOAD_DOCUMENTS + 1} documents is over the limit"), (empty, "empty"),
+            (pdf, "unsupported file type '.pdf'"), (nocol, "table.csv:1: field 'text': no column 'text'")]
+
+
+def test_bad_uploads_give_messages_and_keep_the_corpus(state, tmp_path):
+    before = state.workspace
+    for path, expected in _bad_files(tmp_path):
+        v = cb.load_uploaded_corpus(state, str(path))
+        assert v.message.startswith("⚠️") and expected in v.message, (path.name, v.message)
+        assert str(tmp_path) not in v.message  # the user's file name, not the server's temporary path
+        assert "previous corpus is still loaded" in v.message
+        assert state.workspace is before
+    assert "Choose a file" in cb.load_uploaded_corpus(state, None).message
+
+
+def test_builtin_corpora(state):
+    choices = builtin_choices(["en", "de"])
+    assert choices[0] == "mini corpus: en, de" and "mini corpus: all languages" in choices
+    v = cb.load_builtin_corpus(state, "mini corpus: es")
+    assert "Loaded" in v.message and set(state.workspace.corpus.labels["language"]) == {"es"}
+    before = state.workspace
+    v = cb.load_builtin_corpus(state, "nonsense: xx")
+    assert v.message.startswith("⚠️") and "unknown built-in corpus" in v.message and state.workspace is before
+    assert cb.load_builtin_corpus(state, "").message.startswith("⚠️")
+
+
+def test_xquad_and_tatoeba_corpora(data_dir):
+    x = load_builtin("XQuAD: parallel (en, de, es)")
+    assert len(x.documents) == 3 * 240 and x.labels["topic"][:1] * 3 == [x.labels["topic"][i] for i in (0, 240, 480)]
+    t = load_builtin("Tatoeba: de–en")
+    assert t.documents[0].language == "de" and t.documents[1].language == "en"
+    assert t.labels["topic"][0] == t.labels["topic"][1]
+
+
+# ----------------------------------------------------------------------------- Model
+
+@pytest.mark.parametrize("name", ["no-such-org/no-such-model-xyz", "/nonexistent/model/dir", "   "])
+def test_unknown_model_keeps_the_previous_one(state, name):
+    before = state.workspace
+    v = cb.load_model_view(state, name)
+    assert v.message.startswith("⚠️") and state.workspace is before
+    if name.strip():
+        assert name in v.message and f"Still serving `{before.model_name}`" in v.message
+
+
+def test_a_broken_checkpoint_keeps_the_previous_model(state, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json", encoding="utf-8")
+    before = state.workspace
+    assert cb.load_model_view(state, str(broken)).message.startswith("⚠️") and state.workspace is before
+
+
+def test_switching_model_reindexes_the_corpus(state, tiny_xlmr_dir):
+    before = state.workspace
+    v = cb.load_model_view(state, str(tiny_xlmr_dir))
+    ws = state.workspace
+    assert "Loaded model" in v.message and ws is not before and ws.key != before.key
+    assert ws.corpus is before.corpus and len(ws.index) == len(before.index)
+    assert str(tiny_xlmr_dir) in v.header and "untrained heads" in v.header
+    info = dict(zip(cb.model_info(ws)["property"], cb.model_info(ws)["value"]))
+    assert info["hidden size"] == "32" and info["heads"].startswith("untrained")
+    # a session from the previous model is told to search again
+    assert "changed" in cb.sparse_view(ws, {"query": "q", "workspace": before.key, "doc_ids": []}, None).message
+
+
+# ----------------------------------------------------------------------------- cache
+
+def test_index_cache_is_reused_and_rebuilt_when_damaged(tiny_model, tiny_bert_dir, cache):
+    docs = [Document(f"d{i}", t, "en") for i, t in enumerate(["paris tower", "river city", "music science", "water"])]
+    first = build_workspace(tiny_model, "tiny", Corpus("c", docs), show_progress=False)
+    assert not first.from_cache and first.cache_dir.parent == cache / "indexes"
+    second = build_workspace(tiny_model, "tiny", Corpus("c", docs), show_progress=False)
+    assert second.from_cache and second.key == first.key
+    np.testing.assert_array_equal(second.index.dense, first.index.dense)
+    # another corpus is another key
+    other = build_workspace(tiny_model, "tiny", Corpus("c", docs[:3]), show_progress=False)
+    assert other.key != first.key and not other.from_cache
+    # a damaged cache entry is rebuilt, not served
+    (first.cache_dir / "dense.npy").write_bytes(b"garbage")
+    third = build_workspace(tiny_model, "tiny", Corpus("c", docs), show_progress=False)
+    assert not third.from_cache
+    np.testing.assert_allclose(third.index.dense, first.index.dense, atol=1e-6)

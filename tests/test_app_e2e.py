@@ -1,0 +1,201 @@
+"""End to end: start the explorer (default model, English mini corpus), drive it in headless Chromium,
+run a query, open every view and check what is rendered; bad input shows messages and crashes nothing."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+pytest.importorskip("gradio")
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
+                                                               "(pip install playwright; Chromium comes from Debian)")
+CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), "/usr/bin/chromium")
+                 if p and os.path.exists(p)), None)
+if CHROMIUM is None:
+    pytest.skip("no chromium executable (apt-get install chromium)", allow_module_level=True)
+
+from app_server import running_app  # noqa: E402
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+QUERY = "How do plants turn sunlight into chemical energy?"
+WAIT = 180_000  # ms: CPU-only and shared machines are slow
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    with running_app(base / "cache", base / "app.log", "--languages", "en") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        outside = []
+        local = (app.url, "data:", "blob:")
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(local) else None)
+        page.goto(app.url, wait_until="load")
+        page.wait_for_selector("#query textarea", timeout=WAIT)
+        page.outside_requests = outside
+        yield page
+        browser.close()
+
+
+def wait_text(page, selector: str, text: str, timeout: int = WAIT) -> str:
+    page.wait_for_function("([s, t]) => { const e = document.querySelector(s); return e && e.innerText.includes(t); }",
+                           arg=[selector, text], timeout=timeout)
+    return page.inner_text(selector)
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def plot_ready(page, selector: str, css: str, minimum: int = 1, timeout: int = WAIT) -> int:
+    """Wait until the plotly figure in ``selector`` draws at least ``minimum`` elements matching ``css``."""
+    page.wait_for_function("([s, c, n]) => document.querySelectorAll(s + ' ' + c).length >= n",
+                           arg=[selector, css, minimum], timeout=timeout)
+    return page.locator(f"{selector} {css}").count()
+
+
+def test_status_shows_model_and_corpus(page):
+    status = page.inner_text("#status")
+    assert "Model" in status and "mini corpus (en)" in status
+    assert "untrained heads" in status or "trained heads" in status
+
+
+def test_empty_query_gives_a_message(page):
+    page.fill("#query textarea", "   ")
+    page.click("#search-btn")
+    assert "Type a query first" in wait_text(page, "#search-msg", "Type a query")
+
+
+def test_search_renders_results_with_every_score(page):
+    page.fill("#query textarea", QUERY)
+    page.click("#search-btn")
+    msg = wait_text(page, "#search-msg", "results for")
+    assert "10 results" in msg and "hybrid" in msg
+    table = page.inner_text("#results")
+    for column in ("rank", "lang", "score", "dense", "sparse", "multi-vector"):
+        assert column in table
+    assert "science-photosynthesis/en" in table
+    assert page.get_attribute("#results [role=grid]", "aria-rowcount") == "11"  # header + 10 results
+    assert plot_ready(page, "#breakdown", "g.point path", 10) >= 10  # stacked bars of the 10 results
+
+
+def test_sparse_view(page):
+    open_tab(page, "Sparse")
+    msg = wait_text(page, "#sparse-msg", "s_lex")
+    assert "shared token" in msg
+    assert page.inner_text("#sparse-query-text").strip() == QUERY  # the query, token by token, shaded by weight
+    assert page.locator("#sparse-query-text span[title]").count() >= 3
+    assert "Photosynthesis" in page.inner_text("#sparse-passage-text")
+    for plot in ("#sparse-query-bar", "#sparse-passage-bar"):
+        assert plot_ready(page, plot, "g.point path") >= 3
+    assert "s_lex (sum)" in page.inner_text("#sparse-table")
+
+
+def test_maxsim_view(page):
+    open_tab(page, "MaxSim")
+    msg = wait_text(page, "#maxsim-msg", "s_mul")
+    assert "query vectors" in msg
+    plot_ready(page, "#maxsim-heatmap", "g.heatmaplayer image")  # the similarity matrix
+    # one best-match mark per query token
+    n_tokens = plot_ready(page, "#maxsim-heatmap", "g.scatterlayer path.point", 5)
+    assert n_tokens == plot_ready(page, "#maxsim-heatmap", "g.barlayer g.point path")  # one contribution per token
+    assert "s_mul (sum)" in page.inner_text("#maxsim-table")
+
+
+def test_projection_view(page):
+    open_tab(page, "Projection")
+    msg = wait_text(page, "#projection-msg", "map of 63")
+    assert "UMAP" in msg and "the query" in msg
+    points = plot_ready(page, "#projection-plot", "g.scatterlayer path.point", 63)
+    assert points >= 63 + 10 + 1  # the corpus, the ringed results, the query
+    assert "query" in page.inner_text("#projection-plot")
+    page.locator("#color-by label", has_text="category").click()
+    wait_text(page, "#projection-msg", "coloured by category")
+    assert "science" in page.inner_text("#projection-plot")
+
+
+def test_compare_view(page):
+    open_tab(page, "Compare")
+    page.fill("#text-a textarea", "Where is the Eiffel Tower?")
+    page.fill("#text-b textarea", "The Eiffel Tower stands in Paris, on the Champ de Mars.")
+    page.click("#compare-btn")
+    wait_text(page, "#compare-msg", "Text A is scored as the query")
+    table = page.inner_text("#compare-table")
+    for row in ("dense", "sparse (lexical)", "multi-vector", "hybrid"):
+        assert row in table
+    assert plot_ready(page, "#compare-bars", "g.point path", 4) >= 4
+    plot_ready(page, "#compare-lexical", "g.point path")
+    plot_ready(page, "#compare-maxsim", "g.heatmaplayer image")
+    page.fill("#text-b textarea", "")
+    page.click("#compare-btn")
+    wait_text(page, "#compare-msg", "Enter both texts")
+
+
+def test_model_view_rejects_an_unknown_model(page):
+    open_tab(page, "Model")
+    assert "hidden size" in page.inner_text("#model-info")
+    page.fill("#model-name textarea", "no-such-org/no-such-model")
+    page.click("#model-btn")
+    msg = wait_text(page, "#model-msg", "Could not load model")
+    assert "Still serving default" in msg
+    assert "mini corpus (en)" in page.inner_text("#status")
+
+
+def upload(page, path) -> str:
+    clear = page.locator("#upload button[aria-label=Clear]")
+    if clear.count():  # a file is already there: remove it to get the file input back
+        clear.click()
+    page.wait_for_selector("#upload input[type=file]", state="attached", timeout=30_000)
+    page.set_input_files("#upload input[type=file]", str(path))
+    page.wait_for_function("n => document.querySelector('#upload').innerText.includes(n)", arg=path.stem,
+                           timeout=WAIT)  # the uploaded file is listed
+    page.click("#upload-btn")
+    # every message, error or not, names the file
+    page.wait_for_function("n => document.querySelector('#corpus-msg').innerText.includes(n)", arg=path.name,
+                           timeout=60_000)
+    return page.inner_text("#corpus-msg")
+
+
+def test_corpus_view_bad_and_good_uploads(page, tmp_path, app):
+    open_tab(page, "Corpus")
+    assert "5 MB" in page.inner_text("#upload-limits") and "5,000 documents" in page.inner_text("#upload-limits")
+    assert "science-photosynthesis/en" in page.inner_text("#corpus-preview")
+    bad = tmp_path / "broken.jsonl"
+    bad.write_text('{"text": "ok"}\n{"text": oops}\n', encoding="utf-8")
+    assert "broken.jsonl:2: malformed JSON" in upload(page, bad)
+    blob = tmp_path / "blob.txt"
+    blob.write_bytes(bytes(range(256)) * 64)
+    assert "binary" in upload(page, blob)
+    huge = tmp_path / "huge.txt"
+    huge.write_bytes(b"lorem ipsum dolor sit amet\n" * 230_000)  # 6.2 MB
+    assert "over the 5 MB upload limit" in upload(page, huge)
+    good = tmp_path / "mine.jsonl"
+    good.write_text("\n".join(json.dumps({"id": f"m{i}", "text": t, "lang": "en"}) for i, t in enumerate(
+        ["The Eiffel Tower is in Paris.", "Bees make honey.", "Volcanoes erupt lava."])), encoding="utf-8")
+    assert "Loaded upload mine.jsonl: 3 documents" in upload(page, good)
+    wait_text(page, "#status", "upload mine.jsonl: 3 documents")
+    assert "m0" in page.inner_text("#corpus-preview")
+    # the new corpus is searched
+    open_tab(page, "Search")
+    page.fill("#query textarea", "where is the tower?")
+    page.click("#search-btn")
+    wait_text(page, "#search-msg", "3 results")
+    assert "m0" in page.inner_text("#results")
+
+
+def test_no_errors_and_nothing_outside_localhost(page, app):
+    assert app.proc.poll() is None, app.output()[-3000:]
+    assert "Traceback" not in app.output(), app.output()[-3000:]
+    assert page.locator(".toast-body.error").count() == 0
+    assert page.outside_requests == []

@@ -1,0 +1,54 @@
+"""Load: 20 concurrent searches through the running app's API, all answered without an error.
+
+The app is started twice on the same cache: the first start builds the index, the second must load
+it (a restart is fast). Latency percentiles are printed (``pytest -s``) for the record, never asserted.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+from app_server import running_app  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+N_QUERIES = 20
+QUERIES = ["How do plants turn sunlight into energy?", "Who built the Great Wall?", "What causes inflation?",
+           "How do vaccines work?", "Wann wurde die Chinesische Mauer gebaut?"]
+MODES = ["hybrid", "dense", "sparse", "multi-vector"]
+
+
+def test_restart_loads_the_cached_index_and_serves_20_concurrent_queries(tmp_path):
+    cache = tmp_path / "cache"
+    with running_app(cache, tmp_path / "first.log", "--languages", "en", "--no-warm-up") as first:
+        assert "indexing 63 documents" in first.output()
+    with running_app(cache, tmp_path / "second.log", "--languages", "en", "--no-warm-up") as app:
+        log = app.output()
+        assert "loaded the index of mini corpus (en)" in log and "indexing" not in log
+        client = gradio_client.Client(app.url + "/", verbose=False, analytics_enabled=False, download_files=False)
+
+        def one(i: int) -> tuple[float, str]:
+            start = time.perf_counter()
+            msg, _table, *_ = client.predict(QUERIES[i % len(QUERIES)], MODES[i % len(MODES)], 1.0, 0.3, 1.0, 5,
+                                            api_name="/search")
+            return time.perf_counter() - start, msg
+
+        with ThreadPoolExecutor(max_workers=N_QUERIES) as pool:
+            answers = list(pool.map(one, range(N_QUERIES)))
+        for i, (_, msg) in enumerate(answers):
+            # an answer: results, or (sparse mode) the statement that no document shares a weighted token
+            assert ("results for" in msg or "No document matches" in msg) and QUERIES[i % len(QUERIES)] in msg, msg
+        assert sum("results for" in msg for _, msg in answers) >= N_QUERIES // 2
+        latency = np.array([t for t, _ in answers])
+        print(f"\n{N_QUERIES} concurrent queries: p50 {np.percentile(latency, 50):.2f} s, "
+              f"p95 {np.percentile(latency, 95):.2f} s, max {latency.max():.2f} s")
+        # a bad request through the API is a message too, and the server keeps serving
+        msg, *_ = client.predict("", "hybrid", 1.0, 0.3, 1.0, 5, api_name="/search")
+        assert "Type a query" in msg
+        assert app.proc.poll() is None and "Traceback" not in app.output()
