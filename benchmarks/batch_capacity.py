@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import os
 import re
 import sys
@@ -210,6 +211,17 @@ class Bench:
         return 2 * lo if hi is None else (lo + hi) // 2
 
 
+def write_table(path: Path, meta: dict, lines: list[str]) -> None:
+    """Print the table and save it with its settings as text."""
+    head = (f"config={meta['config']} ({meta['parameters'] / 1e6:.1f}M parameters) device={meta['device_name']} "
+            f"dtype={meta['dtype']} budget={meta['budget_gib']} GiB sub-batch tokens={meta['sub_batch_tokens']} "
+            f"query_len={meta['query_len']} threads={meta['threads']}")
+    text = "\n".join([head, *lines, f"memory: {meta['memory_method']}"]) + "\n"
+    print("\n" + text, end="")
+    with atomic_file(path) as f:
+        f.write(text)
+
+
 def table(results: list[dict], config: str) -> list[str]:
     """The results as text: each mode's largest batch, against plain and the reference split-batch."""
     paper = config == "xlmr-large"
@@ -257,7 +269,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="torch CPU threads (default 1 on cpu: on a shared CPU, spinning OpenMP threads stall)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--render", type=Path, help="print (and save as .txt) the table of a saved results JSON, then exit")
     args = ap.parse_args(argv)
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        write_table(args.render.with_suffix(".txt"), saved, table(saved["results"], saved["config"]))
+        return
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         ap.error("--device cuda but CUDA is not available")
@@ -298,13 +315,8 @@ def main(argv: list[str] | None = None) -> None:
             results.append(r)
             write_json(args.out, {**meta, "complete": False, "results": results})  # partial results survive
 
-    lines = table(results, args.config) + [f"memory: {method}"]
-    print("\n" + "\n".join(lines))
     write_json(args.out, {**meta, "complete": True, "results": results})
-    with atomic_file(args.out.with_suffix(".txt")) as f:
-        f.write(f"config={args.config} ({n_params / 1e6:.1f}M parameters) device={meta['device_name']} "
-                f"dtype={args.dtype} budget={args.budget_gib} GiB sub-batch tokens={args.sub_batch_tokens} "
-                f"query_len={args.query_len} threads={meta['threads']}\n" + "\n".join(lines) + "\n")
+    write_table(args.out.with_suffix(".txt"), meta, table(results, args.config))
     print(f"wrote {args.out}")
 
 

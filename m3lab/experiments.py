@@ -711,7 +711,7 @@ def per_query_metrics(model_or_index, dataset, modes: tuple[str, ...] = ("dense"
     queries = [q for q in dataset.queries if dataset.qrels.get(q.id)]
     comps = sorted({c for m in modes for c in index.components_for(m)})
     enc = index.encode_queries([q.text for q in queries], components=comps, max_length=max_length,
-                               batch_size=batch_size)
+                               batch_size=batch_size, show_progress=False)
     rankings = index.rank(enc, list(modes), top_k=top_k)
     rows = []
     for mode in modes:

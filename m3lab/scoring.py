@@ -14,6 +14,7 @@ s_rank / s_inter (eq. 2)        :func:`combine_scores`
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -28,15 +29,30 @@ def _as_tensor(x) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
 
 
+def _as_csr(x) -> sp.csr_matrix:
+    """``x`` as a float32 CSR matrix, without a copy when it already is one."""
+    return x if sp.isspmatrix_csr(x) and x.dtype == np.float32 else sp.csr_matrix(x, dtype=np.float32)
+
+
+def _matmul_t(q, p):
+    """q @ p.T, in torch for NumPy inputs too (returned as NumPy).
+
+    Waking NumPy's OpenBLAS thread pool between torch's parallel regions makes the two pools
+    fight for the cores (single-query search on 2 cores: p95 22 -> 100 ms).
+    """
+    if isinstance(q, torch.Tensor):
+        return q @ _as_tensor(p).to(q.dtype).T
+    q, p = (torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) for x in (q, p))
+    return (q @ p.T).numpy()
+
+
 def dense_scores(q, p):
     """s_dense = <e_q, e_p> for every query/passage pair (section 3.2).
 
     ``q`` (n_q, d) and ``p`` (n_p, d) are L2-normalised dense embeddings; returns (n_q, n_p)
     of the same kind (NumPy or torch) as ``q``.
     """
-    if isinstance(q, torch.Tensor):
-        return q @ _as_tensor(p).to(q.dtype).T
-    return np.asarray(q, dtype=np.float32) @ np.asarray(p, dtype=np.float32).T
+    return _matmul_t(q, p)
 
 
 def sparse_scores(q, p):
@@ -48,10 +64,8 @@ def sparse_scores(q, p):
     vocabulary in training. Returns a dense (n_q, n_p) array or tensor.
     """
     if sp.issparse(q) or sp.issparse(p):
-        return _sparse_product(sp.csr_matrix(q, dtype=np.float32), sp.csr_matrix(p, dtype=np.float32))
-    if isinstance(q, torch.Tensor):
-        return q @ _as_tensor(p).to(q.dtype).T
-    return np.asarray(q, dtype=np.float32) @ np.asarray(p, dtype=np.float32).T
+        return _sparse_product(_as_csr(q), _as_csr(p))
+    return _matmul_t(q, p)
 
 
 def sparse_scores_inverted(q, inverted: sp.spmatrix) -> np.ndarray:
@@ -66,22 +80,48 @@ def sparse_scores_inverted(q, inverted: sp.spmatrix) -> np.ndarray:
 
 
 def _sparse_product(q: sp.csr_matrix, p: sp.csr_matrix, max_elements: int = 1 << 24) -> np.ndarray:
-    """q @ p.T as a dense array, over the token ids the two sides share.
+    """q @ p.T as a dense float32 array, over the token ids the two sides share.
 
     The all-pairs result is dense anyway, so a sparse x sparse product (which builds a sparse
-    result and converts it) is slower than a sparse x dense one: only the shared columns are
-    densified, for a block of passages at a time (at most ``max_elements`` floats).
+    result, then converts it) is the slow way: the shared token ids are renumbered 0..U-1, the
+    passages' weights on them are laid out dense, a block of passages at a time (at most
+    ``max_elements`` floats), and multiplied by the queries as a torch CSR matrix (its CSR x dense
+    kernel is several times faster than scipy's here). Duplicate entries add up, as in scipy.
     """
     if q.shape[1] != p.shape[1]:
         raise ValueError(f"vocabulary sizes differ: {q.shape[1]} (queries) vs {p.shape[1]} (passages)")
     out = np.zeros((q.shape[0], p.shape[0]), dtype=np.float32)
-    shared = np.intersect1d(q.indices, p.indices)
+    vocab = q.shape[1]
+    in_q = np.zeros(vocab, dtype=bool)
+    in_p = np.zeros(vocab, dtype=bool)
+    in_q[q.indices], in_p[p.indices] = True, True
+    shared = np.flatnonzero(in_q & in_p)
     if shared.size == 0:
         return out
-    q, p = q[:, shared], p[:, shared]
-    rows = max(1, max_elements // shared.size)
-    for start in range(0, p.shape[0], rows):
-        out[:, start:start + rows] = q @ p[start:start + rows].T.toarray()
+    column = np.full(vocab, -1, dtype=np.int64)
+    column[shared] = np.arange(shared.size)
+
+    q_col = column[q.indices]
+    keep = q_col >= 0
+    q_row = np.repeat(np.arange(q.shape[0]), np.diff(q.indptr))[keep]
+    indptr = np.zeros(q.shape[0] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(q_row, minlength=q.shape[0]), out=indptr[1:])
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": matmul with a dense matrix is all we use
+        warnings.simplefilter("ignore", UserWarning)
+        q_t = torch.sparse_csr_tensor(torch.from_numpy(indptr), torch.from_numpy(q_col[keep]),
+                                      torch.from_numpy(q.data[keep].astype(np.float32, copy=False)),
+                                      size=(q.shape[0], shared.size), check_invariants=False)
+        p_col = column[p.indices]
+        rows = max(1, max_elements // shared.size)
+        for start in range(0, p.shape[0], rows):
+            end = min(start + rows, p.shape[0])
+            lo, hi = p.indptr[start], p.indptr[end]
+            cols = p_col[lo:hi]
+            keep = cols >= 0
+            row = np.repeat(np.arange(end - start), np.diff(p.indptr[start:end + 1]))[keep]
+            block = np.zeros((shared.size, end - start), dtype=np.float32)  # (shared tokens, passages)
+            np.add.at(block, (cols[keep], row), p.data[lo:hi][keep])
+            out[:, start:end] = (q_t @ torch.from_numpy(block)).numpy()
     return out
 
 
@@ -119,8 +159,14 @@ def colbert_scores(q: torch.Tensor, q_mask: torch.Tensor, p: torch.Tensor, p_mas
     """
     n_q, l_q, d = q.shape
     n_p, l_p, _ = p.shape
-    sim = (q.reshape(n_q * l_q, d) @ p.reshape(n_p * l_p, d).T).view(n_q, l_q, n_p, l_p)
-    sim = sim.masked_fill(~p_mask.bool().view(1, 1, n_p, l_p), float("-inf"))
+    # padding gets -inf through the GEMM's own bias term: cheaper than masking the similarity block.
+    # Its vectors are zeroed first, since whatever they hold (NaN from normalising a zero vector in
+    # fp16) would survive the bias where a mask would have replaced it.
+    is_pad = ~p_mask.bool()
+    if is_pad.any():
+        p = p.masked_fill(is_pad.unsqueeze(-1), 0)
+    pad = torch.zeros(n_p * l_p, dtype=q.dtype, device=q.device).masked_fill_(is_pad.reshape(-1), float("-inf"))
+    sim = torch.addmm(pad, q.reshape(n_q * l_q, d), p.reshape(n_p * l_p, d).T).view(n_q, l_q, n_p, l_p)
     best = sim.amax(dim=-1)  # (n_q, l_q, n_p): each query token's best passage token
     q_mask = q_mask.to(best.dtype)
     best = torch.where(q_mask.bool().unsqueeze(-1), best, torch.zeros_like(best))
@@ -140,13 +186,15 @@ def pad_vectors(vectors: Sequence[np.ndarray], dim: int | None = None) -> tuple[
 
 
 def colbert_scores_chunked(queries: Sequence[np.ndarray], passages: Sequence[np.ndarray], *,
-                           max_elements: int = 1 << 25, query_rows: int = 4096) -> np.ndarray:
+                           max_elements: int = 1 << 20, query_rows: int = 1024) -> np.ndarray:
     """All-pairs s_mul for lists of (L_i, d) arrays, in bounded memory.
 
     Queries and passages are sorted by length and processed in chunks whose similarity
-    block and padded passage block each hold at most ``max_elements`` floats (128 MB by
-    default; one passage longer than that is a chunk of its own), so 10k x 10k pairs
-    run in constant memory and padding stays small. Each chunk calls :func:`colbert_scores`.
+    block and padded passage block each hold at most ``max_elements`` floats (one passage
+    longer than that is a chunk of its own), so 10k x 10k pairs run in constant memory and
+    padding stays small. Each chunk calls :func:`colbert_scores`. The defaults (4 MB blocks,
+    1024 query vectors) keep each block in cache: for 1190 x 240 texts shaped like XQuAD-en
+    (5-20 and 60-300 vectors of d = 384) on 2 CPU cores they take 2.4 s, 128 MB blocks 5.4 s.
     """
     n_q, n_p = len(queries), len(passages)
     out = np.zeros((n_q, n_p), dtype=np.float32)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import pytest
 import torch
 
@@ -83,6 +84,18 @@ def test_sparse_product_blocks_and_edge_cases():
         scoring.sparse_scores(q, sparse_dicts_to_csr(ps, vocab + 1))
 
 
+def test_sparse_product_matches_scipy_on_non_canonical_csr():
+    """Unsorted and duplicate entries (a hand-built CSR, float64) give scipy's q @ p.T: duplicates add up."""
+    q = sp.csr_matrix((np.array([0.5, 1.0, 0.25, 2.0]), np.array([7, 2, 7, 4]), np.array([0, 3, 4])), shape=(2, 9))
+    p = sp.csr_matrix((np.array([1.0, 3.0, 0.5, 1.5, 2.0]), np.array([4, 2, 2, 7, 0]), np.array([0, 3, 5])),
+                      shape=(2, 9))
+    expected = (q @ p.T).toarray()  # scipy sums the duplicates of (row 0, col 7) in q and (row 0, col 2) in p
+    assert expected[0, 0] == 1.0 * 3.5 and expected[0, 1] == 0.75 * 1.5
+    for max_elements in (1, 1 << 24):
+        np.testing.assert_allclose(scoring._sparse_product(q, p, max_elements=max_elements), expected, rtol=1e-6)
+    np.testing.assert_allclose(scoring.sparse_scores(q, p), expected, rtol=1e-6)
+
+
 def _token_batch(n: int, length: int, vocab: int, seed: int):
     """Token ids with repeats and right padding (id 0, weight 0), and positive weights."""
     g = torch.Generator().manual_seed(seed)
@@ -161,6 +174,17 @@ def test_colbert_negative_similarities_never_lose_to_padding():
     long = np.array([[-0.6, 0.8], [-0.8, 0.6], [-1.0, 0.0]], dtype=np.float32)
     got = scoring.colbert_scores_chunked([q], [short, long])
     np.testing.assert_allclose(got, [[-1.0, -0.6]], atol=1e-6)
+
+
+def test_colbert_padding_content_is_ignored():
+    """Whatever padded positions hold (NaN, as normalising a zero vector in fp16 gives) cannot reach a score."""
+    rng = np.random.default_rng(8)
+    qs, ps = [_unit(3, rng=rng), _unit(5, rng=rng)], [_unit(4, rng=rng), _unit(2, rng=rng)]
+    q_pad, q_mask = scoring.pad_vectors(qs)
+    p_pad, p_mask = scoring.pad_vectors(ps)
+    clean = scoring.colbert_scores(q_pad, q_mask, p_pad, p_mask)
+    q_pad[~q_mask], p_pad[~p_mask] = float("nan"), float("nan")
+    torch.testing.assert_close(scoring.colbert_scores(q_pad, q_mask, p_pad, p_mask), clean)
 
 
 @pytest.mark.parametrize("max_elements,query_rows", [(1, 1), (64, 8), (1000, 30), (1 << 25, 4096)])

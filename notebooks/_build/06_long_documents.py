@@ -120,13 +120,16 @@ else:
     print("SKIPPED: this notebook needs the local XQuAD data")
 
 # %% [markdown]
-# **What it shows.** *(Read with the tables: they come from this run.)* With one [CLS], what the
-# model reads after the first block is only indirectly in the vector; MCLS gives each 256-token
-# block its own summary, which should help most for answers in the second block (256–511).
-# Answers past the 512-token limit are out of reach for every function — that is what a longer
-# model (bge-m3: 8192 positions) and long-document training fix. The lexical function does not
-# pool at all: each token keeps its own weight, which is why the paper finds it strongest on long
-# documents (MLDR: sparse 62.2 vs dense 52.5).
+# **What it shows.** *(Read with the tables: they come from this run.)* MCLS lifts single-[CLS]
+# pooling a little (more questions gain than lose, printed above): each 256-token block gets its
+# own [CLS], so what the model read after the first block reaches the vector more directly. It ends
+# about level with the model's own mean pooling, which already averages over every token. Answers
+# past the 512-token limit are out of reach for every function — that is what a longer model
+# (bge-m3: 8192 positions) and long-document training fix — and longer documents are harder for
+# all, partly because more of them is cut off. The functions that keep every token instead of
+# pooling hold up best: here the multi-vector function leads; the paper finds the lexical one
+# strongest on long documents (MLDR: sparse 62.2 vs dense 52.5), which this small model's weakly
+# trained lexical head does not reach (notebook 05).
 #
 # ## Take-aways
 #

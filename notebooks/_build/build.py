@@ -14,6 +14,7 @@ Usage (from the repository root):
     python notebooks/_build/build.py                 # all sources -> notebooks/NN_name.ipynb, no outputs
     python notebooks/_build/build.py 00 01           # only these (prefix match)
     python notebooks/_build/build.py 00 --execute    # build, then run in notebooks/ and save the outputs
+    python notebooks/_build/build.py 05 --text-only  # take edited Markdown into the committed notebook
 
 ``--execute`` runs the notebook with the current environment (leave ``SMOKE`` unset for the
 committed outputs; ``SMOKE=1`` for a quick check), in the notebooks folder, with a timeout per
@@ -103,6 +104,25 @@ def execute(nb: nbformat.NotebookNode, timeout: int, retries: int = 1) -> nbform
     raise AssertionError("unreachable")
 
 
+def refresh_text(built: nbformat.NotebookNode, committed: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The committed notebook (outputs kept) with the source's Markdown cells.
+
+    Allowed only when every code cell is unchanged, so the outputs still come from the code shown;
+    a changed code cell needs ``--execute``.
+    """
+    kinds = lambda nb: [c.cell_type for c in nb.cells]
+    if kinds(built) != kinds(committed):
+        raise ValueError("the source adds, removes or moves cells: run with --execute")
+    changed = [i for i, (b, c) in enumerate(zip(built.cells, committed.cells))
+               if b.cell_type == "code" and b.source != c.source]
+    if changed:
+        raise ValueError(f"code cells {changed} changed in the source: run with --execute")
+    for b, c in zip(built.cells, committed.cells):
+        if b.cell_type == "markdown":
+            c.source = b.source
+    return committed
+
+
 def write(nb: nbformat.NotebookNode, path: Path) -> None:
     tmp = path.with_suffix(".ipynb.tmp")
     nbformat.validate(nb)
@@ -115,8 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="*", help="notebook prefixes, e.g. 00 01 (default: all)")
     parser.add_argument("--execute", action="store_true", help="run the notebooks and save their outputs")
+    parser.add_argument("--text-only", action="store_true",
+                        help="update only the Markdown of the committed notebooks, keeping their outputs")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per cell when executing")
     args = parser.parse_args(argv)
+    if args.execute and args.text_only:
+        parser.error("--execute and --text-only exclude each other")
     sources = sorted(p for p in HERE.glob("[0-9][0-9]_*.py"))
     if args.names:
         sources = [p for p in sources if any(p.stem.startswith(n) for n in args.names)]
@@ -125,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     for src in sources:
         out = NOTEBOOKS / f"{src.stem}.ipynb"
         nb = build(src)
+        if args.text_only:
+            try:
+                nb = refresh_text(nb, nbformat.read(out, as_version=4))
+            except (ValueError, FileNotFoundError) as err:
+                print(f"{out.name}: {err}", file=sys.stderr)
+                return 1
         if args.execute:
             t0 = time.perf_counter()
             print(f"executing {out.name} (SMOKE={os.environ.get('SMOKE', '')!r}) ...", flush=True)
