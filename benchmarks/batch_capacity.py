@@ -54,7 +54,6 @@ import re
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 
@@ -64,15 +63,13 @@ sys.path.insert(0, str(ROOT))
 from m3lab._io import atomic_file, write_json  # noqa: E402
 from m3lab.batching import GradCache, split_encode  # noqa: E402
 from m3lab.losses import M3Loss  # noqa: E402
+from m3lab.experiments import random_encoder_model  # noqa: E402
+from m3lab.memory import SHAPES  # noqa: E402
 from m3lab.model import M3Model  # noqa: E402
 
 CONFIGS = {
-    "xlmr-large": dict(vocab_size=250_002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                       intermediate_size=4096),
-    "xlmr-base": dict(vocab_size=250_002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                      intermediate_size=3072),
-    "small": dict(vocab_size=30_000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                  intermediate_size=512),
+    **SHAPES,
+    # smaller than experiments' "tiny": a CPU run that still spans the interesting batch sizes
     "tiny": dict(vocab_size=30_000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                  intermediate_size=256),
 }
@@ -81,14 +78,7 @@ PAPER_TABLE10 = {"plain": {1024: 262, 4096: 25, 8192: 6}, "split": {1024: 855, 4
 
 
 def build_model(config: str, max_len: int, device: str) -> M3Model:
-    from transformers import XLMRobertaConfig, XLMRobertaModel
-
-    cfg = XLMRobertaConfig(**CONFIGS[config], max_position_embeddings=max_len + 2, type_vocab_size=1,
-                           pad_token_id=1, bos_token_id=0, eos_token_id=2)
-    torch.manual_seed(0)
-    encoder = XLMRobertaModel(cfg, add_pooling_layer=False)
-    tokenizer = SimpleNamespace(cls_token_id=0, pad_token_id=1, eos_token_id=2, unk_token_id=3)  # XLM-R's ids
-    return M3Model(encoder, tokenizer, pooling="cls").to(device).train()
+    return random_encoder_model(CONFIGS[config], max_length=max_len, seed=0, device=device).train()
 
 
 def make_batch(n: int, length: int, vocab: int, device: str, gen: torch.Generator) -> dict[str, torch.Tensor]:

@@ -23,13 +23,15 @@ import contextlib
 import os
 import platform
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
+
+from . import memory
 
 PROFILES = ("smoke", "cpu", "gpu")
 _TRUE = ("1", "true", "yes", "on")
@@ -489,34 +491,31 @@ def heatmap_figure(rows: list[dict[str, Any]], *, index: str, columns: list[str]
 
 # ----------------------------------------------------------------------------- batching: memory and speed
 
-#: Encoder shapes for random-weight measurements (``xlmr-large`` is XLM-RoBERTa-large / bge-m3's encoder).
+#: Encoder shapes for random-weight measurements: :data:`m3lab.memory.SHAPES` (``xlmr-large`` is
+#: XLM-RoBERTa-large / bge-m3's encoder) and a ``tiny`` one for quick checks.
 ENCODER_SHAPES: dict[str, dict[str, int]] = {
     "tiny": dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64),
-    "small": dict(vocab_size=30_000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-                  intermediate_size=512),
-    "minilm": dict(vocab_size=30_522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                   intermediate_size=1536),
-    "xlmr-base": dict(vocab_size=250_002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                      intermediate_size=3072),
-    "xlmr-large": dict(vocab_size=250_002, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                       intermediate_size=4096),
+    **memory.SHAPES,
 }
 BATCHING_MODES = ("plain", "split", "gradcache")
 
 
-def random_encoder_model(shape: str = "small", *, max_length: int = 512, seed: int = 0,
+def random_encoder_model(shape: str | Mapping[str, int] = "small", *, max_length: int = 512, seed: int = 0,
                          device: str | torch.device = "cpu"):
     """An :class:`~m3lab.model.M3Model` over a randomly initialised XLM-R-style encoder of a named shape
-    (:data:`ENCODER_SHAPES`), with XLM-R's special ids (cls 0, pad 1, eos 2, unk 3) and no tokenizer:
+    (:data:`ENCODER_SHAPES`) or of the given ``XLMRobertaConfig`` sizes (vocab_size, hidden_size,
+    num_hidden_layers, num_attention_heads, intermediate_size), with XLM-R's special ids (cls 0, pad 1, eos 2, unk 3) and no tokenizer:
     feed it token-id batches (:func:`random_batch`). Deterministic for a seed, so every process of a
     distributed run builds the same weights. For measuring memory and speed, not for retrieval."""
     from transformers import XLMRobertaConfig, XLMRobertaModel
 
     from .model import M3Model
 
-    if shape not in ENCODER_SHAPES:
-        raise ValueError(f"shape must be one of {sorted(ENCODER_SHAPES)}, got {shape!r}")
-    cfg = XLMRobertaConfig(**ENCODER_SHAPES[shape], max_position_embeddings=max_length + 2, type_vocab_size=1,
+    if isinstance(shape, str):
+        if shape not in ENCODER_SHAPES:
+            raise ValueError(f"shape must be one of {sorted(ENCODER_SHAPES)}, got {shape!r}")
+        shape = ENCODER_SHAPES[shape]
+    cfg = XLMRobertaConfig(**shape, max_position_embeddings=max_length + 2, type_vocab_size=1,
                            pad_token_id=1, bos_token_id=0, eos_token_id=2)
     torch.manual_seed(seed)
     encoder = XLMRobertaModel(cfg, add_pooling_layer=False)

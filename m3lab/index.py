@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from . import __version__, scoring
 from ._io import atomic_directory, write_json
-from .data.records import Document
+from .data.records import Document, unique_ids
 from .model import EncodeOutput, M3Model, check_texts
 
 logger = logging.getLogger("m3lab")
@@ -152,11 +152,7 @@ def as_documents(documents: Iterable[Document | str]) -> list[Document]:
         docs.append(d)
     if not docs:
         raise ValueError("cannot index an empty corpus")
-    seen: set[str] = set()
-    for d in docs:
-        if d.id in seen:
-            raise ValueError(f"duplicate document id {d.id!r}")
-        seen.add(d.id)
+    unique_ids(docs, "duplicate document id")
     return docs
 
 

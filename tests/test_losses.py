@@ -15,14 +15,7 @@ from m3lab.model import M3Embeddings
 S = [[0.5, 0.1, -0.2, 0.0], [0.3, 0.9, 0.0, 0.2]]  # 2 queries x 4 candidates
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from more threads, and on a shared, busy CPU OpenMP's
-    spinning threads make each op orders of magnitude slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _nll(row: list[float], k: int, tau: float) -> float:

@@ -68,8 +68,8 @@ class RetrievalDataset:
     def __post_init__(self) -> None:
         if not self.corpus:
             raise DataError(f"dataset {self.name!r}: the corpus is empty")
-        doc_ids = _unique_ids(self.corpus, f"dataset {self.name!r}: duplicate document id")
-        query_ids = _unique_ids(self.queries, f"dataset {self.name!r}: duplicate query id")
+        doc_ids = unique_ids(self.corpus, f"dataset {self.name!r}: duplicate document id")
+        query_ids = unique_ids(self.queries, f"dataset {self.name!r}: duplicate query id")
         for qid, rels in self.qrels.items():
             if qid not in query_ids:
                 raise DataError(f"dataset {self.name!r}: qrels name query {qid!r}, which is not among the queries")
@@ -84,7 +84,8 @@ class RetrievalDataset:
                 f"corpus_language={self.corpus_language!r})")
 
 
-def _unique_ids(records: list, message: str) -> set[str]:
+def unique_ids(records: list, message: str) -> set[str]:
+    """The records' ids; a repeated id raises :class:`DataError` (a ``ValueError``) ``message`` + the id."""
     seen: set[str] = set()
     for r in records:
         if r.id in seen:
