@@ -1,8 +1,8 @@
 """The app's callbacks as plain functions: inputs in, a view (a small dataclass of outputs) back.
 
 Nothing here knows Gradio; :mod:`app.ui` wires these to components, and the tests call
-them directly. Scores come from :class:`m3lab.index.CorpusIndex` and :mod:`m3lab.scoring`,
-token-level explanations from :mod:`m3lab.inspect`, figures from :mod:`m3lab.plots`.
+them directly. Scores come from :class:`m3lab.retrieval.CorpusIndex` and :mod:`m3lab.scoring`,
+token-level explanations from :mod:`m3lab.viz.inspect`, figures from :mod:`m3lab.viz.plots`.
 
 Bad input never raises: every view carries a ``message`` (Markdown) that says what went
 wrong, and keeps its other outputs empty.
@@ -21,9 +21,9 @@ import plotly.graph_objects as go
 
 from m3lab import plots, scoring
 from m3lab.data import DataError
-from m3lab.index import document_text
-from m3lab.inspect import LexicalMatch, MaxSimAlignment, lexical_match, maxsim_alignment, token_weights
-from m3lab.model import EncodeOutput, resolve_model_path, score_encoded
+from m3lab.retrieval import document_text
+from m3lab.viz.inspect import LexicalMatch, MaxSimAlignment, lexical_match, maxsim_alignment, token_weights
+from m3lab.modeling import EncodeOutput, resolve_model_path, score_encoded
 
 from .corpora import MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, UploadError, load_builtin, upload_corpus
 from .state import MODEL_LOCK, AppState, Workspace, build_workspace, dense_of, load_model

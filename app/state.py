@@ -5,7 +5,7 @@ model or the corpus builds a new workspace and swaps it in only when it is compl
 failed load leaves the previous one serving and concurrent searches always see a whole one.
 
 Index cache: ``<cache root>/indexes/<model fingerprint>-<corpus hash>-<settings>/`` holds a
-:class:`m3lab.index.CorpusIndex` (built once, loaded on the next start), and
+:class:`m3lab.retrieval.CorpusIndex` (built once, loaded on the next start), and
 ``<cache root>/projections/<same key>.npz`` its 2-D map. The cache root is
 ``$M3LAB_CACHE_DIR`` or the platform's user cache for m3lab.
 """
@@ -24,9 +24,9 @@ import numpy as np
 import platformdirs
 
 from m3lab.data import DataError, Document
-from m3lab.index import CorpusIndex, CorruptIndexError, ModelMismatchError, corpus_fingerprint, model_fingerprint
-from m3lab.model import M3Model
-from m3lab.projection import Projection, fit_projection
+from m3lab.retrieval import CorpusIndex, CorruptIndexError, ModelMismatchError, corpus_fingerprint, model_fingerprint
+from m3lab.modeling import M3Model
+from m3lab.viz.projection import Projection, fit_projection
 
 from .corpora import Corpus
 
@@ -82,7 +82,7 @@ class Workspace:
         """The corpus map (UMAP, or PCA below 30 documents), fitted once, cached on disk.
 
         ``align_languages`` (multilingual corpora only) removes each language's mean vector first,
-        so that translations can sit together (see :mod:`m3lab.projection`).
+        so that translations can sit together (see :mod:`m3lab.viz.projection`).
         """
         centred = bool(align_languages and self.multilingual)
         with self._lock:

@@ -61,11 +61,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from m3lab._io import atomic_file, write_json  # noqa: E402
-from m3lab.batching import GradCache, split_encode  # noqa: E402
+from m3lab.training import GradCache, split_encode  # noqa: E402
 from m3lab.losses import M3Loss  # noqa: E402
 from m3lab.experiments import random_encoder_model  # noqa: E402
 from m3lab.memory import SHAPES  # noqa: E402
-from m3lab.model import M3Model  # noqa: E402
+from m3lab.modeling import M3Model  # noqa: E402
 
 CONFIGS = {
     **SHAPES,

@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from m3lab import M3Model, scoring  # noqa: E402
 from m3lab._io import atomic_file  # noqa: E402
-from m3lab.model import CPU_BATCH_OVERHEAD_TOKENS, plan_batches, sparse_dicts_to_csr  # noqa: E402
+from m3lab.modeling import CPU_BATCH_OVERHEAD_TOKENS, plan_batches, sparse_dicts_to_csr  # noqa: E402
 
 BATCH_SIZE = 32
 MAX_LENGTH = 512

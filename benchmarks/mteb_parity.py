@@ -77,8 +77,8 @@ def run_mteb(languages: list[str], data_dir: Path, model_dir: str, batch_size: i
 
 def run_m3lab(languages: list[str], data_dir: Path, batch_size: int) -> dict[str, dict]:
     from m3lab.data import load_xquad
-    from m3lab.evaluate import evaluate_retrieval
-    from m3lab.model import M3Model
+    from m3lab.evaluation import evaluate_retrieval
+    from m3lab.modeling import M3Model
 
     model = M3Model.from_pretrained("minilm", pooling="mean", device="cpu")
     out = {}

@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 
 from m3lab._io import atomic_file
 from m3lab.data import XQUAD_LANGUAGES, Document, load_xquad
-from m3lab.index import CorpusIndex, model_fingerprint
-from m3lab.model import M3Model
+from m3lab.retrieval import CorpusIndex, model_fingerprint
+from m3lab.modeling import M3Model
 
 MODES = ("dense", "sparse", "colbert", "hybrid")
 

@@ -10,8 +10,8 @@ import sys
 SUBCOMMANDS = {
     "encode": "m3lab.cli_basic",
     "score": "m3lab.cli_basic",
-    "eval": "m3lab.evaluate",
-    "train": "m3lab.train",
+    "eval": "m3lab.evaluation.cli",
+    "train": "m3lab.training.cli",
     "demo": "app.main",
 }
 

@@ -29,13 +29,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from .model import M3Model
+    from .modeling import M3Model
 
     return M3Model.from_pretrained(args.model, pooling=args.pooling)
 
 
 def _encode(args) -> int:
-    from .inspect import token_weights
+    from .viz.inspect import token_weights
 
     model = _load(args)
     out = model.encode(args.texts, max_length=args.max_length, mcls=args.mcls)

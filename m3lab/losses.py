@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from . import scoring
-from .model import M3Embeddings
+from .modeling.outputs import M3Embeddings
 
 FUNCTIONS = ("dense", "sparse", "colbert")
 FORMS = ("bge-m3", "paper")
@@ -254,7 +254,7 @@ class M3Loss(nn.Module):
 
         ``query_offset`` is the index of ``q``'s first query among all queries whose groups
         ``p`` holds: 0 on one device; under cross-device negatives ``p`` is gathered from
-        every rank and ``q`` is local (see :func:`m3lab.distributed.rank_offset`).
+        every rank and ``q`` is local (see :func:`m3lab.training.distributed.rank_offset`).
         ``teacher_scores`` (n_q, group_size) is needed when ``use_teacher_scores``.
         """
         n_q, n_p = q.dense.shape[0], p.dense.shape[0]

@@ -5,7 +5,7 @@ Multi-vec, Dense+Sparse (hybrid, weights 1/0.3/0) and All (hybrid, weights 1/0.3
 Tasks: XQuAD test articles same-language (nDCG@10), XQuAD test cross-lingual X -> en
 (nDCG@10), Tatoeba test pairs (bitext-mining accuracy, mean of both directions). With
 ``--ablation`` the same M3 columns for a second model (e.g. trained without self-KD).
-All numbers come from m3lab.evaluate; this script only arranges them.
+All numbers come from m3lab.evaluation; this script only arranges them.
 
     python scripts/evaluate_default.py --model data/models/m3lab-minilm \
         --ablation runs/m3lab-minilm-no-selfkd/final --out data/models/m3lab-minilm/results
@@ -20,10 +20,10 @@ import numpy as np
 
 from m3lab import M3Model
 from m3lab._io import atomic_file, write_json
-from m3lab.bm25 import BM25Index, standard_analyzer
+from m3lab.retrieval.bm25 import BM25Index, standard_analyzer
 from m3lab.data import XQUAD_LANGUAGES, load_tatoeba, load_xquad
-from m3lab.evaluate import DEFAULT_TATOEBA, evaluate_bitext, evaluate_retrieval
-from m3lab.index import CorpusIndex
+from m3lab.evaluation import DEFAULT_TATOEBA, evaluate_bitext, evaluate_retrieval
+from m3lab.retrieval import CorpusIndex
 
 M3_COLUMNS = ("Dense", "Sparse", "Multi-vec", "Dense+Sparse", "All")
 ALL = (1.0, 0.3, 1.0)

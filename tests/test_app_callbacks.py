@@ -15,7 +15,7 @@ from app.corpora import (MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, Corpus, builtin
                          mini_corpus)
 from app.state import AppState, build_workspace, load_model  # noqa: E402
 from m3lab.data import Document  # noqa: E402
-from m3lab.index import document_text  # noqa: E402
+from m3lab.retrieval import document_text  # noqa: E402
 
 QUERY = "where is the tower of paris built"
 
@@ -160,7 +160,7 @@ def test_result_views_without_a_valid_search_give_messages(state, view):
 
 def test_projection_view_places_the_query_and_rings_the_results(state, monkeypatch):
     # PCA here keeps this file fast (UMAP's first fit compiles for ~20 s); UMAP is tested in test_plots_projection.py
-    monkeypatch.setattr("m3lab.projection.MIN_UMAP_POINTS", 10_000)
+    monkeypatch.setattr("m3lab.viz.projection.MIN_UMAP_POINTS", 10_000)
     ws = build_workspace(state.workspace.model, state.workspace.model_name, state.workspace.corpus, show_progress=False)
     s = cb.search(ws, QUERY, "dense", top_k=4)
     v = cb.projection_view(ws, s.session, "language")
@@ -178,7 +178,7 @@ def test_projection_view_places_the_query_and_rings_the_results(state, monkeypat
 
 
 def test_projection_is_cached_on_disk(workspace, cache, monkeypatch):
-    monkeypatch.setattr("m3lab.projection.MIN_UMAP_POINTS", 10_000)
+    monkeypatch.setattr("m3lab.viz.projection.MIN_UMAP_POINTS", 10_000)
     ws = build_workspace(workspace.model, workspace.model_name, workspace.corpus, show_progress=False)
     proj, aligned = ws.projection(), ws.projection(align_languages=True)
     assert not proj.centred and aligned.centred

@@ -1,4 +1,4 @@
-"""Efficient batching (m3lab.batching): length-grouped sampling, split-batch encoding and GradCache.
+"""Efficient batching (m3lab.training): length-grouped sampling, split-batch encoding and GradCache.
 
 The gradient tests compare every way of encoding a batch with the single-process,
 full-batch ``loss.backward()`` on a tiny model.
@@ -10,10 +10,10 @@ import random
 import pytest
 import torch
 
-from m3lab.batching import (TABLE9_BOUNDARIES, GradCache, LengthGroupedBatchSampler, concat_embeddings,
-                            layer_checkpointing, split_encode, sub_batches)
+from m3lab.training import TABLE9_BOUNDARIES, GradCache, LengthGroupedBatchSampler, split_encode
+from m3lab.training.batching import concat_embeddings, layer_checkpointing, sub_batches
 from m3lab.losses import LossOutput, M3Loss
-from m3lab.model import M3Model
+from m3lab.modeling import M3Model
 
 from conftest import WORDS
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from m3lab.bm25 import BM25Index, model_tokenizer_analyzer, standard_analyzer
+from m3lab.retrieval.bm25 import BM25Index, model_tokenizer_analyzer, standard_analyzer
 from m3lab.data import load_xquad
 
 CORPUS = ["the cat sat on the mat", "a cat and a dog and a cat", "dogs bark loudly at night", "quantum physics"]

@@ -1,4 +1,4 @@
-"""Cross-device negatives (m3lab.distributed): a 2-process gloo run equals one process.
+"""Cross-device negatives (m3lab.training.distributed): a 2-process gloo run equals one process.
 
 Each rank encodes half of the queries and their passage groups, gathers every rank's
 passages with ``all_gather_embeddings`` and computes the loss of its own queries. The
@@ -14,10 +14,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from m3lab import distributed
-from m3lab.batching import GradCache
+from m3lab.training import distributed
+from m3lab.training import GradCache
 from m3lab.losses import M3Loss
-from m3lab.model import M3Embeddings, M3Model
+from m3lab.modeling import M3Embeddings, M3Model
 
 from conftest import WORDS
 

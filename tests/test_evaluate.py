@@ -11,7 +11,7 @@ import torch
 
 from m3lab.cli import main
 from m3lab.data import BitextDataset, load_mini, load_tatoeba, load_xquad
-from m3lab.evaluate import (
+from m3lab.evaluation import (
     DEFAULT_TATOEBA,
     METRICS,
     evaluate_bitext,
@@ -20,8 +20,8 @@ from m3lab.evaluate import (
     load_dataset,
     retrieval_metrics,
 )
-from m3lab.index import CorpusIndex
-from m3lab.model import M3Model
+from m3lab.retrieval import CorpusIndex
+from m3lab.modeling import M3Model
 
 RETRIEVAL_KEYS = {"dataset", "language", "mode", "ndcg@10", "recall@10", "recall@100", "mrr@10", "n_queries",
                   "n_documents", "seconds"}

@@ -10,7 +10,7 @@ import torch
 
 from m3lab import experiments as ex
 from m3lab.losses import M3Loss
-from m3lab.model import M3Model
+from m3lab.modeling import M3Model
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +182,7 @@ def test_two_processes_reproduce_the_single_process_gradient():
 
 def test_per_query_metrics_average_to_evaluate_retrieval(tiny):
     from m3lab.data import load_mini
-    from m3lab.evaluate import evaluate_retrieval
+    from m3lab.evaluation import evaluate_retrieval
 
     data = ex.subsample(load_mini("en"), 20, seed=3)
     assert len(data.queries) == 20 and data.corpus == load_mini("en").corpus and set(data.qrels) == {q.id for q in data.queries}

@@ -12,8 +12,8 @@ import torch
 from conftest import make_tiny_bert
 from m3lab import scoring
 from m3lab.data import Document, load_mini, load_xquad
-from m3lab.index import CorpusIndex, CorruptIndexError, ModelMismatchError, model_fingerprint
-from m3lab.model import M3Model
+from m3lab.retrieval import CorpusIndex, CorruptIndexError, ModelMismatchError, model_fingerprint
+from m3lab.modeling import M3Model
 
 WEIGHTS = (1.0, 0.3, 1.0)
 

@@ -1,4 +1,4 @@
-"""Token-level views (m3lab.inspect): every number is a term of a score in m3lab.scoring."""
+"""Token-level views (m3lab.viz.inspect): every number is a term of a score in m3lab.scoring."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from m3lab import M3Model, scoring
-from m3lab.inspect import lexical_match, maxsim_alignment, token_weights
+from m3lab.viz.inspect import lexical_match, maxsim_alignment, token_weights
 
 QUERIES = ["what is the capital of france", "who built the tower"]
 PASSAGES = ["paris is the capital of france and the largest city of france",

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from m3lab import scoring
 from m3lab.losses import (LossOutput, M3Loss, ensemble_scores, info_nce, score_functions, self_distillation,
                           sparse_training_scores, teacher_distillation)
-from m3lab.model import M3Embeddings
+from m3lab.modeling import M3Embeddings
 
 S = [[0.5, 0.1, -0.2, 0.0], [0.3, 0.9, 0.0, 0.2]]  # 2 queries x 4 candidates
 

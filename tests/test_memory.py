@@ -77,7 +77,7 @@ def test_plan_batch_sizes_is_the_trainers_mapping():
     per_device = [g["per_device"] for g in plan.values()]
     assert per_device == sorted(per_device, reverse=True) and per_device[-1] > 0
     assert all(g["total"] == 8 * g["per_device"] for g in plan.values())
-    from m3lab.train_config import load_config
+    from m3lab.training.config import load_config
 
     config = load_config({"train_files": ["x.jsonl"], "batch_size": {k: max(8, g["total"]) for k, g in plan.items()}})
     assert config.batch_size[0] == max(8, plan[0]["total"])

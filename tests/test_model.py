@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from transformers import AutoModel, AutoTokenizer
 
 from m3lab import EncodeOutput, M3Model, score_encoded, scoring
-from m3lab.model import COLBERT_FILE, MCLS_INTERVAL, SPARSE_FILE, plan_batches
+from m3lab.modeling import COLBERT_FILE, MCLS_INTERVAL, SPARSE_FILE, plan_batches
 
 TEXTS = [
     "what is the capital of france",

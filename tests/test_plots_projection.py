@@ -1,13 +1,13 @@
-"""m3lab.projection (PCA against scikit-learn, UMAP keeps clusters, placement of new points, files)
-and m3lab.plots (every figure draws exactly the numbers it is given)."""
+"""m3lab.viz.projection (PCA against scikit-learn, UMAP keeps clusters, placement of new points, files)
+and m3lab.viz.plots (every figure draws exactly the numbers it is given)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from m3lab import plots
-from m3lab.inspect import LexicalMatch, MaxSimAlignment, TokenWeight
-from m3lab.projection import Projection, fit_projection
+from m3lab.viz.inspect import LexicalMatch, MaxSimAlignment, TokenWeight
+from m3lab.viz.projection import Projection, fit_projection
 
 
 def clusters(n_per: int = 20, k: int = 3, d: int = 24, seed: int = 0, spread: float = 0.05):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from m3lab import scoring
-from m3lab.model import sparse_dicts_to_csr
+from m3lab.modeling import sparse_dicts_to_csr
 
 RNG = np.random.default_rng(0)
 

@@ -1,4 +1,4 @@
-"""The trainer (m3lab.train): stages and freezing, gradients, exact resume, logging, bad input."""
+"""The trainer (m3lab.training): stages and freezing, gradients, exact resume, logging, bad input."""
 from __future__ import annotations
 
 import json
@@ -13,12 +13,12 @@ import yaml
 
 from conftest import WORDS
 from m3lab import cli
-from m3lab.batching import TABLE9_BOUNDARIES, LengthGroupedBatchSampler
+from m3lab.training import TABLE9_BOUNDARIES, LengthGroupedBatchSampler
 from m3lab.data.records import DataError
 from m3lab.losses import M3Loss
-from m3lab.model import M3Model
-from m3lab.train import STATE_FILE, TrainingData, latest_checkpoint, train
-from m3lab.train_config import ConfigError, load_config
+from m3lab.modeling import M3Model
+from m3lab.training import STATE_FILE, TrainingData, latest_checkpoint, train
+from m3lab.training.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,7 +133,7 @@ def test_resume_is_exact_and_an_interrupted_run_keeps_its_last_checkpoint(tiny_b
 
 
 def test_a_failure_while_saving_leaves_the_previous_checkpoint(tiny_bert_dir, train_file, tmp_path, monkeypatch):
-    import m3lab.train as train_module
+    import m3lab.training.trainer as train_module
 
     real_save = train_module._save_state
     calls = []
@@ -205,7 +205,7 @@ def test_stages_train_the_chosen_functions_and_freeze_the_rest(tiny_bert_dir, tr
 
 
 def test_freezing_dense_drops_its_loss_terms(tiny_bert_dir, train_file, tmp_path, caplog):
-    with caplog.at_level(logging.WARNING, logger="m3lab.train"):
+    with caplog.at_level(logging.WARNING, logger="m3lab.training"):
         result = train(base_config(tiny_bert_dir, train_file, tmp_path / "r",
                                    stages=[{"steps": 1, "freeze": ["dense"]}]))
     assert set(steps_of(read_log(result.log_path))[0]["losses"]) == {"sparse", "colbert", "inter", "kd_sparse",
@@ -292,7 +292,7 @@ def test_sparse_collapse_is_warned(tiny_bert_dir, train_file, tmp_path, caplog):
     with torch.no_grad():
         model.sparse_linear.bias.fill_(-100.0)
     collapsed = model.save_pretrained(tmp_path / "collapsed")
-    with caplog.at_level(logging.WARNING, logger="m3lab.train"):
+    with caplog.at_level(logging.WARNING, logger="m3lab.training"):
         result = train(base_config(collapsed, train_file, tmp_path / "r", stages=[{"steps": 3}],
                                    sparse_collapse_patience=2))
     log = read_log(result.log_path)
@@ -359,7 +359,7 @@ def test_long_texts_are_truncated_and_counted_or_rejected(tiny_model, tmp_path, 
     with pytest.raises(DataError, match=r"long\.jsonl:1: a passage of 42 tokens exceeds passage_max_length=16"):
         TrainingData([path], tiny_model, load_config({**cfg, "long_text_policy": "error", "query_max_length": 64}))
 
-    with caplog.at_level(logging.WARNING, logger="m3lab.train"):
+    with caplog.at_level(logging.WARNING, logger="m3lab.training"):
         result = train(base_config(tiny_model.name_or_path, path, tmp_path / "r", batch_size=2, group_size=2,
                                    query_max_length=8, passage_max_length=16, stages=[{"steps": 1}]))
     start = read_log(result.log_path)[0]

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from test_train import base_config, no_dropout_copy, read_log, state, steps_of, write_examples
-from m3lab.train import train
+from m3lab.training import train
 
 
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
@@ -32,7 +32,7 @@ def test_two_processes_match_one_process(tiny_bert_dir, tmp_path):
     config_file.write_text(yaml.safe_dump({**cfg, "output_dir": str(tmp_path / "two")}))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "m3lab.train", "--config", str(config_file)],
+                           "-m", "m3lab.training", "--config", str(config_file)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("trained 3 steps") == 1  # only rank 0 reports

@@ -24,7 +24,7 @@ from IPython.display import Markdown, display
 
 from m3lab import M3Model, experiments as ex, inspect, plots
 from m3lab.data import MINI_LANGUAGES, load_mini
-from m3lab.index import CorpusIndex
+from m3lab.retrieval import CorpusIndex
 
 run = ex.start_run()
 cfg = ex.settings(
@@ -69,7 +69,7 @@ print("sparse: ", len(p.sparse), "dicts; passage 0 has", len(p.sparse[0]), "weig
 print("colbert:", [c.shape for c in p.colbert])
 
 # %% [markdown]
-# The lexical weights are per token: `m3lab.inspect.token_weights` names them, heaviest first.
+# The lexical weights are per token: `m3lab.viz.inspect.token_weights` names them, heaviest first.
 
 # %%
 weights = inspect.token_weights(model, p, 0)
@@ -202,13 +202,13 @@ pd.DataFrame(ranks)
 #
 # ### A map of the corpus
 #
-# The dense vectors of every passage, projected to two dimensions (UMAP, `m3lab.projection`) and
+# The dense vectors of every passage, projected to two dimensions (UMAP, `m3lab.viz.projection`) and
 # coloured by language. Each language's mean vector is subtracted first (`centre_by`): what remains
 # is what a passage is *about*, so translations of one passage land together wherever the model
 # aligns the languages. The star is the question; hover a point to read its passage.
 
 # %%
-from m3lab.projection import fit_projection
+from m3lab.viz.projection import fit_projection
 
 with run.section("projection"):
     languages = [d.language for d in docs]

@@ -9,7 +9,7 @@
 # and the MaxSim alignment of query tokens to passage tokens. Then two practical pieces: **MCLS**
 # for long inputs (paper appendix B.2) and the **bge-m3 checkpoint layout** m3lab reads and writes.
 #
-# Every number below comes from the library (`m3lab.model`, `m3lab.scoring`, `m3lab.inspect`);
+# Every number below comes from the library (`m3lab.modeling`, `m3lab.scoring`, `m3lab.viz.inspect`);
 # the notebook only shows it. `SMOKE=1` runs a reduced version for CI.
 
 # %%
@@ -27,7 +27,7 @@ from IPython.display import HTML, Markdown, display
 
 from m3lab import M3Model, experiments as ex, inspect, plots, scoring
 from m3lab.data import load_mini
-from m3lab.model import colbert_embedding, dense_embedding, sparse_token_weights
+from m3lab.modeling import colbert_embedding, dense_embedding, sparse_token_weights
 
 run = ex.start_run()
 cfg = ex.settings(
@@ -111,7 +111,7 @@ display(HTML(plots.weighted_text_html(plots.weighted_spans(passage, enc["offset_
 ex.show(plots.token_weight_bar(inspect.token_weights(model, enc_p), top=20, title="Passage: heaviest lexical weights"))
 
 # %% [markdown]
-# The score is a sum over the shared tokens; `m3lab.inspect.lexical_match` lists each term
+# The score is a sum over the shared tokens; `m3lab.viz.inspect.lexical_match` lists each term
 # $w_{q,t} w_{p,t}$, and the terms add up to the score `m3lab.scoring.sparse_scores` gives:
 
 # %%
@@ -290,7 +290,7 @@ with tempfile.TemporaryDirectory() as tmp, run.section("save and reload"):
 # ## Take-aways
 #
 # * One encoder pass, three small heads: a pooled vector, a ReLU weight per token, a projected
-#   vector per token. Each score is a short formula in `m3lab.scoring`, and `m3lab.inspect` splits
+#   vector per token. Each score is a short formula in `m3lab.scoring`, and `m3lab.viz.inspect` splits
 #   a score into its terms (shared tokens, MaxSim matches) that add up to it exactly.
 # * MCLS is a tokenisation change plus a different pooling — no training.
 # * m3lab's checkpoints are bge-m3 checkpoints: train here, serve with FlagEmbedding, or the reverse.

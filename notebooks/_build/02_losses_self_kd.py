@@ -183,12 +183,12 @@ pd.DataFrame(flow).set_index("term")[["coefficient", "value", *groups_]].round(5
 # loss term and the share of tokens with a non-zero lexical weight (*sparse activity*).
 
 # %%
-from m3lab.train import train
+from m3lab.training import train
 
 have_xquad = ex.require_data("XQuAD") is not None
 if have_xquad:
     from m3lab.data import build_xquad_training, load_xquad, write_training_file
-    from m3lab.evaluate import evaluate_retrieval
+    from m3lab.evaluation import evaluate_retrieval
 
     examples = build_xquad_training(["en"], cross_lingual=False, n_negatives=G - 1, max_examples=cfg.train_examples)
     write_training_file(workdir / "train.jsonl", examples)

@@ -25,7 +25,7 @@ import torch
 from IPython.display import Markdown, display
 
 from m3lab import M3Model, experiments as ex
-from m3lab.batching import TABLE9_BOUNDARIES, LengthGroupedBatchSampler
+from m3lab.training import TABLE9_BOUNDARIES, LengthGroupedBatchSampler
 from m3lab.losses import M3Loss
 
 run = ex.start_run()
@@ -185,7 +185,7 @@ ex.show(fig)
 # With $n$ devices, each encodes its own queries and passages. If each device computed the loss on
 # its own batch, a query would see only its device's passages as negatives. M3 gathers the passage
 # embeddings of all devices, so each query is scored against the **whole** global batch.
-# `m3lab.distributed.all_gather_embeddings` is differentiable: its backward sends each device the
+# `m3lab.training.distributed.all_gather_embeddings` is differentiable: its backward sends each device the
 # gradient for the rows it encoded, summed over every device's loss. Then the averaged update
 # equals the single-process update on the global batch.
 #
@@ -212,8 +212,8 @@ pd.DataFrame([{"run": name, "processes": r["world_size"], "queries per process":
 # (the default) and a `torchrun` launch:
 #
 # ```bash
-# torchrun --nproc_per_node 8 -m m3lab.train --config configs/minilm-m3.yaml            # one node, 8 GPUs
-# torchrun --nnodes 2 --node_rank $RANK --master_addr $HOST --nproc_per_node 8 -m m3lab.train --config ...
+# torchrun --nproc_per_node 8 -m m3lab.training --config configs/minilm-m3.yaml            # one node, 8 GPUs
+# torchrun --nnodes 2 --node_rank $RANK --master_addr $HOST --nproc_per_node 8 -m m3lab.training --config ...
 # ```
 #
 # ## Take-aways

@@ -27,8 +27,8 @@ import yaml
 from IPython.display import Markdown, display
 
 from m3lab import M3Model, experiments as ex, plots
-from m3lab.train import train
-from m3lab.train_config import load_config
+from m3lab.training import train
+from m3lab.training.config import load_config
 
 run = ex.start_run()
 cfg = ex.settings(
@@ -157,7 +157,7 @@ pd.DataFrame(log)[["step", "stage", "self_distill", "loss", "loss_dense", "loss_
 # failed. That attempt initialised $W_{lex}$ with PyTorch's default Linear init: about half the
 # tokens started at ReLU's zero (no gradient), and training drove the rest to zero too — the
 # sparse collapse users of the reference code report. m3lab now starts $W_{lex}$ small with a
-# bias of 0.3 (`m3lab.model.init_heads`), so every token starts active.
+# bias of 0.3 (`m3lab.modeling.init_heads`), so every token starts active.
 
 # %%
 shipped = ex.ROOT / "data" / "models" / "m3lab-minilm" / "training"
@@ -187,7 +187,7 @@ else:
 
 # %%
 from m3lab.data import load_xquad
-from m3lab.evaluate import evaluate_retrieval
+from m3lab.evaluation import evaluate_retrieval
 
 trained = M3Model.from_pretrained(result.final_dir)
 if not have_data:

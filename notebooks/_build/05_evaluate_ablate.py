@@ -22,8 +22,8 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 from m3lab import M3Model, experiments as ex, plots
-from m3lab.evaluate import evaluate_bitext, evaluate_retrieval
-from m3lab.index import CorpusIndex
+from m3lab.evaluation import evaluate_bitext, evaluate_retrieval
+from m3lab.retrieval import CorpusIndex
 
 run = ex.start_run()
 cfg = ex.settings(

@@ -25,7 +25,7 @@ import yaml
 from IPython.display import Markdown, display
 
 from m3lab import M3Model, experiments as ex, memory
-from m3lab.train_config import load_config
+from m3lab.training.config import load_config
 
 run = ex.start_run()
 cfg = ex.settings(
@@ -248,15 +248,15 @@ print("stages:", [(st.name, st.functions, "self-KD from step", st.self_distill_f
 #
 # ```bash
 # # one node, 8 GPUs
-# torchrun --nproc_per_node 8 -m m3lab.train --config xlmr-large-m3.yaml
+# torchrun --nproc_per_node 8 -m m3lab.training --config xlmr-large-m3.yaml
 #
 # # 4 nodes x 8 GPUs: run on every node, with its own --node_rank
 # torchrun --nnodes 4 --node_rank $NODE_RANK --nproc_per_node 8 \
 #          --master_addr $MASTER_HOST --master_port 29500 \
-#          -m m3lab.train --config xlmr-large-m3.yaml
+#          -m m3lab.training --config xlmr-large-m3.yaml
 #
 # # or through the CLI, with overrides
-# torchrun --nproc_per_node 8 -m m3lab.train --config xlmr-large-m3.yaml --set stages.1.steps=5000
+# torchrun --nproc_per_node 8 -m m3lab.training --config xlmr-large-m3.yaml --set stages.1.steps=5000
 # ```
 #
 # The batch sizes in the config are totals over all processes (as in Table 9) and must divide by

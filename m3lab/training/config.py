@@ -21,7 +21,7 @@ from typing import Any, Iterable, Union
 
 import yaml
 
-from .batching import TABLE9_BOUNDARIES
+from .samplers import TABLE9_BOUNDARIES
 
 FUNCTIONS = ("dense", "sparse", "colbert")
 #: what ``freeze`` may name: the encoder, its token embeddings only, or one function

@@ -1,8 +1,8 @@
 """Plotly figures of M3's scores, shared by the app and the notebooks.
 
 Every builder returns a ``plotly.graph_objects.Figure`` and only draws numbers it is given:
-the token weights, lexical matches and MaxSim alignments of :mod:`m3lab.inspect`, score
-tables, projections (:mod:`m3lab.projection`) and training logs.
+the token weights, lexical matches and MaxSim alignments of :mod:`m3lab.viz.inspect`, score
+tables, projections (:mod:`m3lab.viz.projection`) and training logs.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def token_weight_bar(weights: Sequence[TokenWeight] | Mapping[str, float], *, to
                      title: str | None = "Lexical token weights w_t", color: str = COLORS["sparse"]) -> go.Figure:
     """Horizontal bars of the ``top`` heaviest lexical weights w_t = ReLU(W_lex^T H[t]) (section 3.2).
 
-    ``weights``: :func:`m3lab.inspect.token_weights` output or a ``{token: weight}`` mapping.
+    ``weights``: :func:`m3lab.viz.inspect.token_weights` output or a ``{token: weight}`` mapping.
     """
     items = ([(w.token, w.weight) for w in weights] if not isinstance(weights, Mapping) else list(weights.items()))
     items = sorted(items, key=lambda kv: -kv[1])[:top]

@@ -5,9 +5,9 @@ every stage: dense-only contrastive pre-training, a per-function warm-up, unifie
 fine-tuning with self-KD; what trains and what is frozen is set per stage.
 
     m3lab train --config configs/minilm-m3.yaml --set stages.0.steps=100
-    torchrun --nproc_per_node 2 -m m3lab.train --config configs/minilm-m3.yaml
+    torchrun --nproc_per_node 2 -m m3lab.training --config configs/minilm-m3.yaml
 
-    from m3lab.train import train
+    from m3lab.training import train
     result = train("configs/tiny-smoke.yaml")      # -> TrainResult(output_dir, final_dir, steps, ...)
 
 Layout of ``output_dir``: ``checkpoint-<step>/`` (bge-m3 model files + ``trainer_state.pt``),
@@ -17,39 +17,35 @@ last complete checkpoint and reproduces an uninterrupted run exactly.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import logging
 import math
 import os
-import random
-import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as tdist
 from tqdm.auto import tqdm
 
 from . import distributed as dist
-from ._io import atomic_directory, atomic_file, write_json
-from .batching import TABLE9_BOUNDARIES, GradCache, LengthGroupedBatchSampler, split_encode
-from .data._files import iter_jsonl
-from .data.records import DataError, TrainingExample
-from .losses import LossOutput, M3Loss
-from .model import M3Embeddings, M3Model
-from .train_config import ConfigError, StageConfig, TrainConfig, load_config
+from .._io import atomic_directory, write_json
+from ..data.records import DataError
+from ..losses import LossOutput, M3Loss
+from ..modeling import M3Embeddings, M3Model
+from .batching import GradCache, split_encode
+from .checkpoint import (STATE_FILE, _checkpoints, _rng_state, _save_state, _seed_everything, _set_rng_state,
+                         latest_checkpoint)
+from .config import ConfigError, StageConfig, TrainConfig, load_config
+from .data import TrainingData
+from .monitor import _JsonlLog, _truncate_log, _Window
+from .samplers import TABLE9_BOUNDARIES, LengthGroupedBatchSampler
 
-logger = logging.getLogger("m3lab.train")
+logger = logging.getLogger("m3lab.training")
 
-STATE_FILE = "trainer_state.pt"
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 FINAL_DIR = "final"
 
 
@@ -64,175 +60,6 @@ class TrainResult:
     log_path: Path
     checkpoints: list[Path] = field(default_factory=list)
 
-
-# ============================================================================ data
-
-@dataclass
-class _Example:
-    query: int                  # index into the query token table
-    pos: list[int]              # indices into the passage token table
-    neg: list[int]
-    pos_scores: list[float] | None
-    neg_scores: list[float] | None
-
-
-class TrainingData:
-    """Tokenised training examples and the passage group each example gives at each epoch.
-
-    Texts are tokenised once (``query_max_length`` / ``passage_max_length``, specials
-    included); longer texts are truncated and counted, or rejected with
-    ``long_text_policy: error``. A group is 1 positive + ``group_size - 1`` negatives, drawn
-    with a generator seeded by (seed, epoch, example), so any step can be rebuilt on resume.
-
-    A line with fewer negatives than needed follows ``negatives_policy``:
-    ``sample_from_corpus`` (default) keeps all its negatives and fills the rest with
-    passages drawn at random from the other examples (never one of its own positives);
-    ``repeat`` samples its negatives with repetition as FlagEmbedding does (a line
-    without any negative is an error); ``error`` rejects the line.
-    """
-
-    def __init__(self, files: Sequence[str | Path], model: M3Model, config: TrainConfig):
-        self.config = config
-        self.group_size = config.group_size
-        self.seed = config.seed
-        self.model = model
-        self.tokenizer = model.tokenizer
-        raw: list[tuple[TrainingExample, tuple[str, int]]] = []
-        for path in files:
-            n_before = len(raw)
-            for number, obj in iter_jsonl(path):
-                try:
-                    raw.append((TrainingExample.from_dict(obj), (str(path), number)))
-                except DataError as err:
-                    raise err.at(path, number) from None
-            if len(raw) == n_before:
-                raise DataError("no training examples: the file is empty", path=path)
-        self._check_lines(raw)
-
-        q_index: dict[str, int] = {}
-        p_index: dict[str, int] = {}
-        q_where: list[tuple[str, int]] = []   # where each text first occurs
-        p_where: list[tuple[str, int]] = []
-
-        def intern(table: dict[str, int], wheres: list, text: str, where: tuple[str, int]) -> int:
-            if text not in table:
-                table[text] = len(table)
-                wheres.append(where)
-            return table[text]
-
-        self.examples: list[_Example] = []
-        for ex, where in raw:
-            instruction = ex.prompt if ex.prompt is not None else config.query_instruction
-            query = f"{instruction}{ex.query}" if instruction else ex.query
-            self.examples.append(_Example(
-                query=intern(q_index, q_where, query, where),
-                pos=[intern(p_index, p_where, t, where) for t in ex.pos],
-                neg=[intern(p_index, p_where, t, where) for t in ex.neg],
-                pos_scores=ex.pos_scores, neg_scores=ex.neg_scores))
-        self.query_ids, self.truncated_queries = self._tokenize(list(q_index), q_where, config.query_max_length,
-                                                                "query", "query_max_length")
-        self.passage_ids, self.truncated_passages = self._tokenize(list(p_index), p_where,
-                                                                   config.passage_max_length, "passage",
-                                                                   "passage_max_length")
-        p_len = np.array([len(x) for x in self.passage_ids])
-        # the padded length of a group is that of its longest passage: group by it (section 3.4)
-        self.lengths = [int(max(p_len[ex.pos + ex.neg])) for ex in self.examples]
-        self.filled_groups = sum(len(ex.neg) < self.group_size - 1 for ex in self.examples)
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    # ------------------------------------------------------------------ checks
-    def _check_lines(self, raw: list[tuple[TrainingExample, tuple[str, int]]]) -> None:
-        """Teacher scores where needed, and enough negatives for ``negatives_policy``."""
-        c, need = self.config, self.group_size - 1
-        for ex, (path, line) in raw:
-            if c.use_teacher_scores and (ex.pos_scores is None or ex.neg_scores is None):
-                raise DataError("use_teacher_scores is on but this line has no pos_scores/neg_scores",
-                                path=path, line=line)
-            if len(ex.neg) >= need:
-                continue
-            if c.negatives_policy == "error":
-                raise DataError(f"has {len(ex.neg)} negatives but group_size {self.group_size} needs {need} "
-                                "(negatives_policy: error; 'sample_from_corpus' or 'repeat' fill the group)",
-                                path=path, line=line, field="neg")
-            if c.negatives_policy == "repeat" and not ex.neg:
-                raise DataError(f"has no negatives to repeat but group_size {self.group_size} needs {need} "
-                                "(negatives_policy: repeat; 'sample_from_corpus' fills from other examples)",
-                                path=path, line=line, field="neg")
-        if c.negatives_policy == "sample_from_corpus" and need:
-            n_passages = len({t for ex, _ in raw for t in ex.pos + ex.neg})
-            for ex, (path, line) in raw:
-                if len(ex.neg) < need and len(set(ex.pos)) >= n_passages:
-                    raise DataError("sample_from_corpus has no passage to fill this group with: every passage in "
-                                    "the data is one of its positives", path=path, line=line, field="neg")
-
-    def _tokenize(self, texts: list[str], wheres: list[tuple[str, int]], max_length: int, what: str,
-                  key: str) -> tuple[list[np.ndarray], int]:
-        """Token ids with special tokens, cut to ``max_length`` as :meth:`M3Model.tokenize` does at inference."""
-        n_special = len(self.model.tokenize([""], max_length=max_length)[0])
-        if max_length > self.model.max_positions:
-            logger.warning("%s=%d exceeds the model's %d positions: texts are cut at %d tokens", key, max_length,
-                           self.model.max_positions, self.model.max_positions)
-        if min(max_length, self.model.max_positions) <= n_special:
-            raise ConfigError(f"{key}={max_length} leaves no room for text after the {n_special} special tokens")
-        out: list[np.ndarray] = []
-        truncated = 0
-        for start in range(0, len(texts), 1024):
-            chunk = texts[start:start + 1024]
-            ids = self.model.tokenize(chunk, max_length=max_length)
-            contents = self.tokenizer(chunk, add_special_tokens=False, verbose=False)["input_ids"]
-            for i, (x, content) in enumerate(zip(ids, contents)):
-                if len(content) > len(x) - n_special:
-                    if self.config.long_text_policy == "error":
-                        path, line = wheres[start + i]
-                        raise DataError(f"a {what} of {len(content) + n_special} tokens exceeds {key}={max_length} "
-                                        f"(long_text_policy: error; 'truncate' cuts it): {chunk[i][:60]!r}",
-                                        path=path, line=line)
-                    truncated += 1
-                out.append(np.asarray(x, dtype=np.int64))
-        return out, truncated
-
-    # ------------------------------------------------------------------ groups
-    def group(self, index: int, epoch: int) -> tuple[int, list[int], list[float] | None]:
-        """(query, passages, teacher scores) of one example at one epoch: the positive comes first."""
-        ex = self.examples[index]
-        rng = np.random.default_rng([self.seed, epoch, index])
-        p = int(rng.integers(len(ex.pos)))
-        passages, scores = [ex.pos[p]], [ex.pos_scores[p]] if ex.pos_scores is not None else None
-        need = self.group_size - 1
-        if need == 0:
-            return ex.query, passages, scores
-        if len(ex.neg) >= need:
-            chosen = rng.choice(len(ex.neg), need, replace=False).tolist()
-        elif self.config.negatives_policy == "repeat":  # FlagEmbedding: sample from the negatives repeated
-            pool = list(range(len(ex.neg))) * math.ceil(need / len(ex.neg))
-            chosen = [pool[i] for i in rng.choice(len(pool), need, replace=False)]
-        else:  # sample_from_corpus: all own negatives, then random passages that are not its positives
-            chosen = rng.permutation(len(ex.neg)).tolist()
-        passages += [ex.neg[i] for i in chosen]
-        if scores is not None:
-            scores += [ex.neg_scores[i] for i in chosen]
-        own = set(ex.pos)
-        n_passages = len(self.passage_ids)
-        while len(passages) < self.group_size:
-            cand = int(rng.integers(n_passages))
-            if cand not in own:
-                passages.append(cand)
-        return ex.query, passages, scores
-
-    def batch(self, indices: Sequence[int], epoch: int, model: M3Model) -> dict[str, Any]:
-        """Padded query and passage tensors (B and B*group_size rows) for a micro-batch."""
-        groups = [self.group(i, epoch) for i in indices]
-        q = model.collate([self.query_ids[g[0]] for g in groups])
-        p = model.collate([self.passage_ids[j] for g in groups for j in g[1]])
-        teacher = None
-        if self.config.use_teacher_scores:
-            teacher = torch.tensor([g[2] for g in groups], dtype=torch.float32)
-        return {"q": q, "p": p, "teacher_scores": teacher}
-
-
-# ============================================================================ the trainer
 
 def train(config: TrainConfig | str | Path | dict, *, overrides: Sequence[str] = (),
           on_log: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
@@ -661,8 +488,6 @@ class Trainer:
                     self.batch_in_epoch)
 
 
-# ============================================================================ helpers
-
 def apply_freeze(model: M3Model, freeze: Sequence[str]) -> None:
     """Set ``requires_grad`` for a stage: everything trainable except what ``freeze`` names.
 
@@ -685,27 +510,6 @@ def apply_freeze(model: M3Model, freeze: Sequence[str]) -> None:
     for module in frozen:
         for p in module.parameters():
             p.requires_grad_(False)
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The complete ``checkpoint-<step>`` directory with the highest step in ``output_dir``, or None.
-
-    Directories being written have a hidden temporary name until they are complete, so
-    any ``checkpoint-<step>`` with a ``trainer_state.pt`` is a whole checkpoint.
-    """
-    found = _checkpoints(Path(output_dir))
-    return max(found)[1] if found else None
-
-
-def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
-    if not output_dir.is_dir():
-        return []
-    out = []
-    for p in output_dir.iterdir():
-        m = CHECKPOINT_RE.match(p.name)
-        if m and (p / STATE_FILE).is_file():
-            out.append((int(m.group(1)), p))
-    return out
 
 
 def _pick_device(device: str) -> torch.device:
@@ -754,152 +558,3 @@ def _average_gradients(params: list[torch.Tensor], world: int) -> None:
         n = p.numel()
         p.grad = flat[offset:offset + n].view_as(p).clone()
         offset += n
-
-
-class _Window:
-    """Running sums between two log lines (losses are means over micro-batches of a step)."""
-
-    def __init__(self):
-        self.start = time.perf_counter()
-        self.steps = 0
-        self.loss = 0.0
-        self.parts: dict[str, float] = {}
-        self.grad_norm = 0.0
-        self.tokens = self.cells = 0
-        self.sparse_nonzero = self.sparse_tokens = 0
-
-    def add_loss(self, out: LossOutput, weight: float) -> None:
-        """Add a micro-batch's (unscaled) loss and parts, as logged by :class:`M3Loss`."""
-        for k, v in out.parts.items():
-            if k == "loss":
-                self.loss += float(v) * weight
-            else:
-                self.parts[k] = self.parts.get(k, 0.0) + float(v) * weight
-
-    def count_tokens(self, *batches: dict[str, torch.Tensor]) -> None:
-        for b in batches:
-            self.tokens += int(b["attention_mask"].sum())
-            self.cells += b["attention_mask"].numel()
-
-    def count_sparse(self, q: M3Embeddings, p: M3Embeddings, special_ids: torch.Tensor) -> None:
-        """Count the content tokens (not special, not padding) and those with a lexical weight > 0."""
-        for e in (q, p):
-            with torch.no_grad():
-                content = ~torch.isin(e.input_ids, special_ids.to(e.input_ids.device))
-                self.sparse_tokens += int(content.sum())
-                self.sparse_nonzero += int(((e.token_weights > 0) & content).sum())
-
-
-class _JsonlLog:
-    """Appends one JSON object per line (rank 0 only; other processes pass ``None``)."""
-
-    def __init__(self, path: Path | None):
-        self.file = open(path, "a", encoding="utf-8") if path is not None else None
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.file is not None:
-            self.file.write(json.dumps({"time": round(time.time(), 3), **record}, ensure_ascii=False) + "\n")
-            self.file.flush()
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """On resume, drop log lines written after the checkpoint (the resumed run writes them again).
-
-    A fresh run (``step=-1``) starts a new log.
-    """
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a crash
-            continue
-        if record.get("step", 0) <= step and not (record.get("step") == step and record.get("event") == "end"):
-            kept.append(line)
-    with atomic_file(path) as f:
-        f.write("".join(line + "\n" for line in kept))
-
-
-def _save_state(state: dict[str, Any], path: Path) -> None:
-    with atomic_file(path, "wb") as f:
-        torch.save(state, f)
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    """Python, NumPy and torch random states as tensors and primitives (loadable with weights_only)."""
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                                                     int(np_state[2]), int(np_state[3]), float(np_state[4])],
-             "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    random.setstate(state["python"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-# ============================================================================ command line
-
-def add_cli(subparsers) -> None:
-    """Register ``m3lab train``."""
-    p = subparsers.add_parser("train", help="train an M3 model from a YAML/JSON config",
-                              description="Train an M3 model (dense, sparse, multi-vector) as a config file says. "
-                                          "Under torchrun: torchrun --nproc_per_node N -m m3lab.train --config FILE")
-    _add_arguments(p)
-    p.set_defaults(func=_run_cli)
-
-
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML or JSON training config (docs/training.md)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set learning_rate=2e-5 --set stages.0.steps=100")
-    p.add_argument("--resume", default=None, metavar="auto|PATH",
-                   help="resume from the last checkpoint in output_dir (auto) or from a checkpoint directory")
-
-
-def _run_cli(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    if args.resume is not None:
-        overrides.append(f"resume_from={json.dumps(args.resume)}")
-    result = train(args.config, overrides=overrides)
-    if int(os.environ.get("RANK", "0")) == 0:  # the process group is gone by now
-        losses = ", ".join(f"{k} {v:.4f}" for k, v in result.final_losses.items())
-        print(f"trained {result.steps} steps; model in {result.final_dir}; log {result.log_path}"
-              + (f"; last losses: {losses}" if losses else ""))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m m3lab.train --config FILE`` (the entry point for torchrun)."""
-    parser = argparse.ArgumentParser(prog="python -m m3lab.train", description="Train an M3 model from a config.")
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _run_cli(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"m3lab train: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

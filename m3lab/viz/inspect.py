@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import EncodeOutput, M3Model
+from ..modeling import EncodeOutput, M3Model
 
 
 @dataclass
@@ -73,7 +73,7 @@ def maxsim_alignment(model: M3Model, query: EncodeOutput, passage: EncodeOutput,
     """Each query vector's best-matching passage vector (the MaxSim of section 3.2), with token strings."""
     if query.colbert is None or passage.colbert is None:
         raise ValueError("encode with return_colbert=True to inspect MaxSim alignments")
-    from .scoring import colbert_scores, pad_vectors
+    from ..scoring import colbert_scores, pad_vectors
 
     q, p = query.colbert[qi], passage.colbert[pi]
     sim = q @ p.T

@@ -2,7 +2,7 @@
 
 The paper compares BM25 over Lucene's language analyzers with BM25 over the XLM-R tokenizer
 (the terms M3's lexical weights are defined on); on long, multilingual documents the second
-is the stronger baseline. Both are here, as retrieval modes of :mod:`m3lab.evaluate`:
+is the stronger baseline. Both are here, as retrieval modes of :mod:`m3lab.evaluation`:
 
 * ``bm25`` — the standard analyzer: lower-cased words, runs of Chinese/Japanese/Thai-like
   characters as overlapping character bigrams (:func:`m3lab.data.bm25_tokenize`, the usual
@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import bm25s
 import numpy as np
 
-from .data import bm25_tokenize
+from ..data import bm25_tokenize
 
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # it logs every index build at DEBUG
 

@@ -1,0 +1,130 @@
+"""Cross-device negatives measured in real processes: torchrun on CPU (gloo), from a notebook."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .tiny import random_batch, random_encoder_model
+
+
+def cross_device_gradients(*, n_queries: int = 8, group_size: int = 2, length: int = 32, shape: str = "tiny",
+                           seed: int = 0, cross_device: bool = True) -> dict[str, Any]:
+    """One loss and gradient of a fixed random batch, split over the processes of a torchrun launch.
+
+    Every process builds the same random model (:func:`random_encoder_model`, dropout off) and the
+    same global batch of ``n_queries`` queries with ``group_size`` passages each, and encodes its
+    own equal share. With ``cross_device`` the passages of all processes are gathered
+    (:func:`m3lab.training.distributed.all_gather_embeddings`), so each query is scored against every
+    passage of the global batch; without it, only against its own process's passages. The
+    parameter gradients are averaged over processes as DistributedDataParallel does.
+
+    Run alone it computes the single-process full-batch reference. Returns ``{"world_size",
+    "queries_per_process", "passages_scored", "loss", "grad"}`` (``grad``: the flat averaged
+    gradient as a NumPy array; ``loss``: the mean over processes).
+    """
+    import torch.distributed as tdist
+
+    from ..training import distributed as dist
+    from ..losses import M3Loss
+
+    world, rank = dist.world_size(), dist.rank()
+    if n_queries % world:
+        raise ValueError(f"n_queries={n_queries} must be divisible by the number of processes ({world})")
+    model = random_encoder_model(shape, max_length=length, seed=seed).eval()  # eval: no dropout
+    vocab = model.encoder.config.vocab_size
+    q_all = random_batch(n_queries, 12, vocab, seed=seed + 1, ragged=True)
+    p_all = random_batch(n_queries * group_size, length, vocab, seed=seed + 2, ragged=True)
+    k = n_queries // world
+    q_local = {key: v[rank * k:(rank + 1) * k] for key, v in q_all.items()}
+    p_local = {key: v[rank * k * group_size:(rank + 1) * k * group_size] for key, v in p_all.items()}
+    q, p = model(**q_local), model(**p_local)
+    offset = 0
+    if cross_device and world > 1:
+        p = dist.all_gather_embeddings(p)
+        offset = dist.rank_offset(k)
+    out = M3Loss()(q, p, group_size=group_size, query_offset=offset)
+    out.loss.backward()
+    grad = torch.cat([prm.grad.reshape(-1) if prm.grad is not None else torch.zeros(prm.numel())
+                      for prm in model.parameters()])
+    loss = out.loss.detach().clone()
+    if world > 1:
+        tdist.all_reduce(grad)
+        tdist.all_reduce(loss)
+        grad /= world
+        loss /= world
+    return {"world_size": world, "queries_per_process": k, "passages_scored": int(p.dense.shape[0]),
+            "loss": float(loss), "grad": grad.numpy()}
+
+
+def launch_cross_device(nproc: int = 2, *, timeout: float = 600, **kwargs) -> dict[str, dict[str, Any]]:
+    """Run :func:`cross_device_gradients` in ``nproc`` CPU processes launched with torchrun (gloo),
+    once with the passages gathered across processes and once without, in one launch.
+
+    ``kwargs`` go to :func:`cross_device_gradients`. Returns ``{"gathered": result, "local": result,
+    "command": the torchrun command line}`` (results from rank 0). A failed launch raises
+    ``RuntimeError`` with its output.
+    """
+    import json
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    import numpy as np
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="m3lab-xdev-") as tmp:
+        out = Path(tmp) / "result.npz"
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+               f"--master_port={port}", "-m", "m3lab.experiments", "cross-device", "--out", str(out),
+               "--kwargs", json.dumps(kwargs)]
+        env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        if proc.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"torchrun failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        with np.load(out, allow_pickle=False) as z:
+            flat = {k: z[k] for k in z.files}
+    result: dict[str, Any] = {"gathered": {}, "local": {}}
+    for key, value in flat.items():
+        variant, name = key.split("/", 1)
+        result[variant][name] = value.item() if value.ndim == 0 else value
+    shown = [c if c != str(out) else "result.npz" for c in cmd[3:]]
+    result["command"] = " ".join(["torchrun", *shown[:-1], f"'{shown[-1]}'"])
+    return result
+
+
+def _main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+
+    import numpy as np
+
+    parser = argparse.ArgumentParser(prog="python -m m3lab.experiments", description="notebook helpers run as processes")
+    sub = parser.add_subparsers(dest="command", required=True)
+    xdev = sub.add_parser("cross-device", help="cross_device_gradients (gathered and local) in every torchrun process")
+    xdev.add_argument("--out", required=True, help="where rank 0 writes the result (.npz)")
+    xdev.add_argument("--kwargs", default="{}", help="JSON keyword arguments of cross_device_gradients")
+    args = parser.parse_args(argv)
+    from ..training import distributed as dist
+
+    dist.init_from_env(backend="gloo")
+    try:
+        kwargs = json.loads(args.kwargs)
+        flat = {}
+        for variant, gather in (("gathered", True), ("local", False)):
+            for key, value in cross_device_gradients(**kwargs, cross_device=gather).items():
+                flat[f"{variant}/{key}"] = np.asarray(value)
+        if dist.is_main_process():
+            from .._io import atomic_file
+
+            with atomic_file(Path(args.out), "wb") as f:
+                np.savez(f, **flat)
+        dist.barrier()
+    finally:
+        dist.cleanup()
+    return 0
