@@ -39,6 +39,9 @@ Session = dict[str, Any]  # per-browser state: the last search {"workspace", "qu
 Progress = Callable[..., object] | None
 
 
+_ALL_ZERO = "All weights are 0: give at least one of dense, sparse, multi-vector a weight above 0."
+
+
 def _error(text: str) -> str:
     return f"⚠️ {text}"
 
@@ -85,7 +88,7 @@ def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0
         return empty
     weights = tuple(float(w or 0.0) for w in (w_dense, w_sparse, w_colbert))
     if mode == "hybrid" and not any(weights):
-        empty.message = _error("All hybrid weights are 0: set at least one above 0.")
+        empty.message = _error(_ALL_ZERO)
         return empty
     if any(w < 0 for w in weights):
         empty.message = _error("Weights must be ≥ 0.")
@@ -105,7 +108,7 @@ def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0
             (" (no token of the query has a positive weight in any document)." if mode == "sparse" else ".")
         empty.session = {"workspace": ws.key, "query": query, "doc_ids": []}
         return empty
-    comps = component_scores(ws, q, idx)
+    comps = index.score_documents(q, idx)
     rows = []
     for r, j in enumerate(idx):
         d = index.documents[j]
@@ -125,18 +128,6 @@ def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0
         note += ". ⚠️ The model's sparse and multi-vector heads are untrained: only dense scores are meaningful."
     session = {"workspace": ws.key, "query": query, "doc_ids": [c[1] for c in choices]}
     return SearchView(note, table, choices, session, fig)
-
-
-def component_scores(ws: Workspace, q: EncodeOutput, idx: list[int]) -> dict[str, np.ndarray]:
-    """s_dense, s_lex and s_mul of query 0 of ``q`` with the documents at positions ``idx``."""
-    index = ws.index
-    out: dict[str, np.ndarray] = {}
-    nan = np.full(len(idx), np.nan, dtype=np.float32)
-    out["dense"] = scoring.dense_scores(q.dense[:1], index.dense[idx])[0] if index.dense is not None else nan
-    out["sparse"] = scoring.sparse_scores(q.sparse_csr[:1], index.sparse[idx])[0] if index.sparse is not None else nan
-    out["colbert"] = (scoring.colbert_scores_chunked([q.colbert[0]], [index.document_vectors(j) for j in idx])[0]
-                      if index.colbert_vectors is not None else nan)
-    return out
 
 
 def _snippet(text: str, limit: int = 300) -> str:
@@ -166,9 +157,12 @@ def _pair(ws: Workspace, session: Session | None, doc_id: str | None) -> tuple[s
     return session["query"], doc, document_text(doc, ws.index.settings.get("with_titles", True))
 
 
-def _encode(ws: Workspace, texts: list[str]) -> EncodeOutput:
+def _encode_pair(ws: Workspace, query: str, passage: str) -> tuple[EncodeOutput, EncodeOutput]:
+    """The query as the index's queries are encoded, the passage as its documents were."""
     with MODEL_LOCK:
-        return ws.model.encode(texts, max_length=ws.index.max_length, show_progress=False)
+        q = ws.model.encode_queries([query], show_progress=False)
+        p = ws.model.encode_corpus([passage], max_length=ws.index.max_length, show_progress=False)
+    return q, p
 
 
 def highlight(ws: Workspace, text: str, weights: dict[int, float]) -> list[tuple[str, float | None]]:
@@ -205,8 +199,7 @@ def sparse_view(ws: Workspace, session: Session | None, doc_id: str | None) -> S
         blank = plots.empty_figure(pair)
         return SparseView(_error(pair), query_figure=blank, passage_figure=blank, match_figure=blank)
     query, doc, passage = pair
-    enc = _encode(ws, [query, passage])
-    q, p = enc.select([0]), enc.select([1])
+    q, p = _encode_pair(ws, query, passage)
     match = lexical_match(ws.model, q, p)
     table = pd.DataFrame({"token": match.tokens, "w_query": _round(match.query_weights),
                           "w_passage": _round(match.passage_weights), "w_q·w_p": _round(match.contributions)})
@@ -217,7 +210,7 @@ def sparse_view(ws: Workspace, session: Session | None, doc_id: str | None) -> S
     if not ws.model.heads_trained:
         msg += " ⚠️ untrained sparse head: these weights are not learned yet."
     return SparseView(
-        msg, highlight(ws, query, enc.sparse[0]), highlight(ws, passage, enc.sparse[1]),
+        msg, highlight(ws, query, q.sparse[0]), highlight(ws, passage, p.sparse[0]),
         plots.token_weight_bar(token_weights(ws.model, q, 0), title="Query token weights"),
         plots.token_weight_bar(token_weights(ws.model, p, 0), title=f"Passage token weights ({doc.id})"),
         plots.lexical_contribution_bar(match), table, match)
@@ -238,8 +231,7 @@ def maxsim_view(ws: Workspace, session: Session | None, doc_id: str | None) -> M
     if isinstance(pair, str):
         return MaxSimView(_error(pair), plots.empty_figure(pair))
     query, doc, passage = pair
-    enc = _encode(ws, [query, passage])
-    a = maxsim_alignment(ws.model, enc.select([0]), enc.select([1]))
+    a = maxsim_alignment(ws.model, *_encode_pair(ws, query, passage))
     return MaxSimView(
         f"Query **{query}** vs **{doc.id}**: {len(a.query_tokens)} query vectors; "
         f"s_mul = (1/N) Σ_i max_j sim = **{a.total:.4f}**" +
@@ -320,13 +312,15 @@ def compare(ws: Workspace, text_a: str, text_b: str, w_dense: float = 1.0, w_spa
         return CompareView(_error(f"Text {too_long[0]} is over {20 * MAX_QUERY_CHARS} characters."),
                            score_figure=blank, lexical_figure=blank, maxsim_figure=blank)
     weights = tuple(float(w or 0.0) for w in (w_dense, w_sparse, w_colbert))
-    enc = _encode(ws, [text_a, text_b])
-    q, p = enc.select([0]), enc.select([1])
-    s = score_encoded(q, p, weights=weights) if any(weights) else score_encoded(q, p, weights=(1.0, 0.0, 0.0))
+    if not any(weights):
+        blank = plots.empty_figure("all weights are 0")
+        return CompareView(_error(_ALL_ZERO), score_figure=blank, lexical_figure=blank, maxsim_figure=blank)
+    q, p = _encode_pair(ws, text_a, text_b)
+    every = score_encoded(q, p, weights=(1.0, 1.0, 1.0))  # each function explained, whatever its weight
     match = lexical_match(ws.model, q, p)
     align = maxsim_alignment(ws.model, q, p)
-    values = {"dense": float(s.dense[0, 0]), "sparse": float(s.sparse[0, 0]), "colbert": float(s.colbert[0, 0])}
-    values["hybrid"] = float(s.scores[0, 0]) if any(weights) else 0.0
+    values = {"dense": float(every.dense[0, 0]), "sparse": float(every.sparse[0, 0]), "colbert": float(every.colbert[0, 0])}
+    values["hybrid"] = float(scoring.combine_scores(values["dense"], values["sparse"], values["colbert"], weights))
     top_lex = ", ".join(f"{t} ({c:.3f})" for t, c in zip(match.tokens[:5], match.contributions[:5])) or "none"
     pooled = "[CLS] vectors" if ws.model.pooling == "cls" else "mean-pooled vectors"
     rows = [["dense", round(values["dense"], 4), f"inner product of the two normalised {pooled}: <e_A, e_B>"],

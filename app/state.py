@@ -198,5 +198,5 @@ def load_model(name: str) -> M3Model:
 def dense_of(ws: Workspace, texts: Sequence[str]) -> np.ndarray:
     """Dense vectors of texts with the workspace's model (for placing queries in the map)."""
     with MODEL_LOCK:
-        return ws.model.encode(list(texts), return_sparse=False, return_colbert=False,
-                               max_length=ws.index.max_length, show_progress=False).dense
+        return ws.model.encode_queries(list(texts), return_sparse=False, return_colbert=False,
+                                       show_progress=False).dense

@@ -5,7 +5,7 @@ InfoNCE per function (eq. 1)             :func:`info_nce`
 ensemble teacher s_inter (eq. 2)         :func:`ensemble_scores`
 self-knowledge distillation (eq. 3)      :func:`self_distillation`
 teacher scores (FlagEmbedding m3_kd)     :func:`teacher_distillation`
-the combined loss (eq. 4 / bge-m3 code)  :class:`M3Loss`
+the combined loss (eq. 4 / bge-m3 code)  :class:`M3Loss` (its terms: ``M3Loss.terms``)
 =======================================  ===========================================
 
 Scores come from :mod:`m3lab.scoring` (the one place the formulas live); the sparse
@@ -20,7 +20,8 @@ in-batch negatives).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field, fields, replace
 from typing import Mapping, Sequence
 
 import torch
@@ -31,7 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from . import scoring
 from .modeling.outputs import M3Embeddings
 
-FUNCTIONS = ("dense", "sparse", "colbert")
+FUNCTIONS = scoring.FUNCTIONS
 FORMS = ("bge-m3", "paper")
 #: Weights of L_dense, L_lex, L_mul, L_inter (and of the matching L' terms) per form.
 DEFAULT_LOSS_WEIGHTS: dict[str, dict[str, float]] = {
@@ -183,6 +184,20 @@ def _colbert_scores(q: Tensor, q_mask: Tensor, p: Tensor, p_mask: Tensor, max_el
 # ----------------------------------------------------------------------------- the combined loss
 
 @dataclass
+class GatheredPassages:
+    """The passages of every process, for cross-device negatives (section 3.4; :func:`m3lab.training.step`).
+
+    ``passages`` holds all processes' passages in rank order, with the fields of ``functions``
+    (:func:`m3lab.training.distributed.all_gather_embeddings`); ``query_offset`` is this
+    process's first query among all processes' queries.
+    """
+
+    passages: M3Embeddings
+    functions: tuple[str, ...]
+    query_offset: int
+
+
+@dataclass
 class LossOutput:
     """The loss to backpropagate and its parts as floats (for logging)."""
 
@@ -216,6 +231,15 @@ class M3Loss(nn.Module):
     ``colbert_max_elements`` bounds the multi-vector similarity block (n_q L_q x n_p L_p
     floats) held at once; larger batches are scored in checkpointed passage chunks
     (:func:`score_functions`), which matters with GradCache-sized batches.
+
+    Precision: scores, s_inter and every term are computed in float32 with autocast disabled,
+    whatever the embeddings' dtype (fp16/bf16 embeddings are cast to float32 first, float64 ones
+    stay float64; the cast is differentiable, so gradients still reach a bf16/fp16 encoder). Under bf16 autocast the score products would
+    otherwise be rounded to 8 significant bits: a step of 0.0039 near cosine 0.8, i.e. 0.2
+    logits at tau = 0.02 (256 candidate scores there collapse to ~11 distinct values).
+
+    :meth:`coefficients` is the one place the weights of the terms in L_final live;
+    :meth:`terms` returns every term with its coefficient and :meth:`forward` sums them.
     """
 
     def __init__(self, *, functions: Sequence[str] = FUNCTIONS, form: str = "bge-m3", self_distill: bool = True,
@@ -248,18 +272,61 @@ class M3Loss(nn.Module):
         self.teacher_temperature = float(teacher_temperature)
         self.colbert_max_elements = colbert_max_elements
 
-    def forward(self, q: M3Embeddings, p: M3Embeddings, *, group_size: int, teacher_scores: Tensor | None = None,
-                query_offset: int = 0) -> LossOutput:
-        """The loss of a batch of queries ``q`` against passages ``p``.
+    def coefficients(self) -> dict[str, float]:
+        """The coefficient of each term in L_final, by term name (the one source of them).
 
-        ``query_offset`` is the index of ``q``'s first query among all queries whose groups
-        ``p`` holds: 0 on one device; under cross-device negatives ``p`` is gathered from
-        every rank and ``q`` is local (see :func:`m3lab.training.distributed.rank_offset`).
-        ``teacher_scores`` (n_q, group_size) is needed when ``use_teacher_scores``.
+        With n selected functions, lambda = ``loss_weights`` and h = 1/2 for ``form="bge-m3"``
+        with self-distillation (L_final = (L + L')/2), else h = 1 (eq. 4: L_final = L + L'):
+
+            L_f, L_inter (eq. 1, 2):  h * lambda / (n + 1)      (L is the mean of n + 1 terms)
+            L'_f (eq. 3):             h * lambda'_f / n         (L' is the mean of n terms)
+
+        bge-m3: dense/colbert/inter 1/8, sparse 0.1/8; kd_dense/kd_colbert 1/6, kd_sparse 0.1/6.
+        A single function (no ensemble, no self-distillation) has coefficient 1.
+        Names: ``dense``/``sparse``/``colbert``, ``inter``, ``kd_<function>``, in that order.
+        """
+        n = len(self.functions)
+        if n == 1:
+            return {self.functions[0]: 1.0}
+        w = self.loss_weights
+        h = 0.5 if self.self_distill and self.form == "bge-m3" else 1.0
+        out = {f: h * w[f] / (n + 1) for f in self.functions}
+        out["inter"] = h * w["inter"] / (n + 1)
+        if self.self_distill:
+            out.update({f"kd_{f}": h * w[f"kd_{f}"] / n for f in self.functions})
+        return out
+
+    def terms(self, q: M3Embeddings, p: M3Embeddings, *, group_size: int, teacher_scores: Tensor | None = None,
+              query_offset: int = 0, gathered: GatheredPassages | None = None) -> dict[str, tuple[Tensor, float]]:
+        """Every term of the loss as a float32 scalar tensor (autocast off), with its coefficient in L_final.
+
+        ``{name: (term, coefficient)}`` for the names of :meth:`coefficients`:
+        L_f = InfoNCE(s_f) (eq. 1, or :func:`teacher_distillation` with ``use_teacher_scores``),
+        L_inter on s_inter (eq. 2), L'_f = -p(s_inter) log p(s_f) (eq. 3).
+        ``sum(c * t for t, c in terms.values())`` is exactly :meth:`forward`'s loss, so a
+        notebook can plot or backpropagate each term on its own. Arguments as for :meth:`forward`.
+
+        Cross-device negatives (``gathered``, section 3.4): ``p`` is this process's passages and
+        ``gathered.passages`` those of every process. L_f of each function in
+        ``gathered.functions`` scores the local queries against all gathered passages; every
+        other L_f scores them against ``p``. s_inter and the self-distillation terms need one
+        candidate set for all functions: with every function gathered it is the gathered one,
+        otherwise the local block ``p`` (the gathered scores cut to this process's passages) —
+        bge-m3's unified fine-tuning gathers dense only ("cross-device negatives disabled for
+        unified fine-tuning").
         """
         n_q, n_p = q.dense.shape[0], p.dense.shape[0]
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
+        if gathered is not None:
+            _check_functions(gathered.functions)
+            if query_offset:
+                raise ValueError("with gathered passages, p holds this process's passages only: query_offset must "
+                                 "be 0 (gathered.query_offset places the queries among all processes')")
+            n_all = gathered.passages.dense.shape[0]
+            if gathered.query_offset < 0 or (gathered.query_offset + n_q) * group_size > n_all:
+                raise ValueError(f"{n_q} queries at gathered offset {gathered.query_offset} need "
+                                 f"{(gathered.query_offset + n_q) * group_size} gathered passages, got {n_all}")
         if query_offset < 0 or (query_offset + n_q) * group_size > n_p:
             raise ValueError(f"{n_q} queries at offset {query_offset} with group_size {group_size} need "
                              f"{(query_offset + n_q) * group_size} passages, got {n_p}")
@@ -270,32 +337,58 @@ class M3Loss(nn.Module):
             if teacher_scores.shape != (n_q, group_size):
                 raise ValueError(f"teacher_scores must be (n_queries={n_q}, group_size={group_size}), "
                                  f"got {tuple(teacher_scores.shape)}")
+        coefficients = self.coefficients()
 
-        scores = score_functions(q, p, self.functions, colbert_max_elements=self.colbert_max_elements)
-        target = (torch.arange(n_q, device=q.dense.device) + query_offset) * group_size
+        with _full_precision(q.dense.device.type):
+            q, p = _float32_embeddings(q), _float32_embeddings(p)
+            wide = tuple(f for f in self.functions if gathered is not None and f in gathered.functions)
+            scores = score_functions(q, p, [f for f in self.functions if f not in wide],
+                                     colbert_max_elements=self.colbert_max_elements) if len(wide) < len(self.functions) else {}
+            offsets = {f: query_offset for f in scores}          # where each query's group starts, in groups
+            if wide:
+                every = _float32_embeddings(gathered.passages)
+                scores.update(score_functions(q, every, wide, colbert_max_elements=self.colbert_max_elements))
+                offsets.update({f: gathered.query_offset for f in wide})
 
-        def contrastive(s: Tensor) -> Tensor:
-            if self.use_teacher_scores:
-                return teacher_distillation(s, teacher_scores, self.temperature, group_size=group_size,
-                                            query_offset=query_offset, teacher_temperature=self.teacher_temperature)
-            return info_nce(s, target, self.temperature)
+            def contrastive(s: Tensor, offset: int) -> Tensor:
+                if self.use_teacher_scores:
+                    return teacher_distillation(s, teacher_scores, self.temperature, group_size=group_size,
+                                                query_offset=offset, teacher_temperature=self.teacher_temperature)
+                return info_nce(s, (torch.arange(n_q, device=s.device) + offset) * group_size, self.temperature)
 
-        parts: dict[str, Tensor] = {f: contrastive(s) for f, s in scores.items()}
-        if len(self.functions) == 1:
-            loss = parts[self.functions[0]]
-            return LossOutput(loss, {k: float(v.detach()) for k, v in parts.items()} | {"loss": float(loss.detach())})
+            values: dict[str, Tensor] = {f: contrastive(scores[f], offsets[f]) for f in self.functions}
+            if "inter" in coefficients:
+                # one candidate set for the ensemble: all gathered, or this process's block of each
+                if len(wide) == len(self.functions):
+                    same, offset = scores, gathered.query_offset
+                else:
+                    lo = (gathered.query_offset if gathered is not None else 0) * group_size
+                    same = {f: s[:, lo:lo + n_p] if f in wide else s for f, s in scores.items()}
+                    offset = query_offset
+                inter = ensemble_scores(*(same.get(f) for f in FUNCTIONS),
+                                        weights=[wt if f in same else 0.0
+                                                 for f, wt in zip(FUNCTIONS, self.ensemble_weights)])
+                values["inter"] = contrastive(inter, offset)
+                if self.self_distill:
+                    for f in self.functions:
+                        values[f"kd_{f}"] = self_distillation(same[f], inter, self.temperature)
+        return {name: (values[name], c) for name, c in coefficients.items()}
 
-        w = self.loss_weights
-        inter = ensemble_scores(*(scores.get(f) for f in FUNCTIONS),
-                                weights=[wt if f in scores else 0.0 for f, wt in zip(FUNCTIONS, self.ensemble_weights)])
-        parts["inter"] = contrastive(inter)
-        loss = (sum(w[f] * parts[f] for f in self.functions) + w["inter"] * parts["inter"]) / (len(self.functions) + 1)
-        if self.self_distill:
-            for f in self.functions:
-                parts[f"kd_{f}"] = self_distillation(scores[f], inter, self.temperature)
-            kd = sum(w[f"kd_{f}"] * parts[f"kd_{f}"] for f in self.functions) / len(self.functions)
-            loss = (loss + kd) / 2 if self.form == "bge-m3" else loss + kd
-        logged = {k: float(v.detach()) for k, v in parts.items()}
+    def forward(self, q: M3Embeddings, p: M3Embeddings, *, group_size: int, teacher_scores: Tensor | None = None,
+                query_offset: int = 0, gathered: GatheredPassages | None = None) -> LossOutput:
+        """The loss of a batch of queries ``q`` against passages ``p``: sum of coefficient x term (:meth:`terms`).
+
+        ``query_offset`` is the index of ``q``'s first query among all queries whose groups
+        ``p`` holds: 0 on one device; under cross-device negatives ``p`` is gathered from
+        every rank and ``q`` is local (see :func:`m3lab.training.distributed.rank_offset`).
+        ``teacher_scores`` (n_q, group_size) is needed when ``use_teacher_scores``. ``gathered``:
+        the passages of every process for some functions (:meth:`terms`).
+        Returns the float32 loss and every term (and ``"loss"``) as floats for logging.
+        """
+        terms = self.terms(q, p, group_size=group_size, teacher_scores=teacher_scores, query_offset=query_offset,
+                           gathered=gathered)
+        loss = sum(c * t for t, c in terms.values())
+        logged = {name: float(t.detach()) for name, (t, _) in terms.items()}
         logged["loss"] = float(loss.detach())
         return LossOutput(loss, logged)
 
@@ -306,6 +399,24 @@ class M3Loss(nn.Module):
 
 
 # ----------------------------------------------------------------------------- helpers
+
+def _full_precision(device_type: str):
+    """A context with autocast off for ``device_type`` (a no-op where autocast does not exist)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return nullcontext()
+
+
+def _float32_embeddings(e: M3Embeddings) -> M3Embeddings:
+    """``e`` with every half-precision tensor (fp16, bf16) cast to float32, differentiably.
+
+    float32 and float64 tensors are left as they are (float64 keeps its precision, e.g. for
+    gradient checks).
+    """
+    cast = {f.name: v.float() for f in fields(e)
+            if isinstance(v := getattr(e, f.name), Tensor) and v.is_floating_point() and v.element_size() < 4}
+    return replace(e, **cast) if cast else e
+
 
 def _check_scores(scores: Tensor) -> None:
     if scores.dim() != 2:

@@ -21,8 +21,28 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+#: The three retrieval functions, in the order of every weight triple.
+FUNCTIONS: tuple[str, str, str] = ("dense", "sparse", "colbert")
 #: Hybrid weights (w_dense, w_sparse, w_colbert) bge-m3 uses in practice (PAPER.md, 3.2).
 DEFAULT_WEIGHTS: tuple[float, float, float] = (1.0, 0.3, 1.0)
+
+
+def check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
+    """(w_dense, w_sparse, w_colbert) as floats: three finite numbers, at least one non-zero."""
+    try:
+        out = tuple(float(w) for w in weights)
+    except (TypeError, ValueError):
+        raise ValueError(f"weights must be three numbers (w_dense, w_sparse, w_colbert), got {weights!r}") from None
+    if len(out) != 3 or not all(np.isfinite(out)):
+        raise ValueError(f"weights must be three finite numbers (w_dense, w_sparse, w_colbert), got {out}")
+    if not any(out):
+        raise ValueError("all weights are zero: give at least one of w_dense, w_sparse, w_colbert a non-zero weight")
+    return out  # type: ignore[return-value]
+
+
+def weighted_functions(weights: Sequence[float]) -> tuple[str, ...]:
+    """The functions whose weight is not zero: the only ones a weighted score needs."""
+    return tuple(f for f, w in zip(FUNCTIONS, check_weights(weights)) if w != 0)
 
 
 def _as_tensor(x) -> torch.Tensor:
@@ -237,15 +257,12 @@ def combine_scores(dense=None, sparse=None, colbert=None,
     s_inter of self-knowledge distillation (eq. 2). A component may be ``None`` only if
     its weight is 0.
     """
-    if len(weights) != 3:
-        raise ValueError(f"weights must be (w_dense, w_sparse, w_colbert), got {tuple(weights)}")
+    weights = check_weights(weights)
     total = None
-    for name, s, w in zip(("dense", "sparse", "colbert"), (dense, sparse, colbert), weights):
+    for name, s, w in zip(FUNCTIONS, (dense, sparse, colbert), weights):
         if w == 0:
             continue
         if s is None:
             raise ValueError(f"weight for {name} is {w} but no {name} scores were given")
         total = w * s if total is None else total + w * s
-    if total is None:
-        raise ValueError("all weights are zero")
     return total

@@ -89,7 +89,7 @@ def test_search_weights_change_the_hybrid_score(state):
     ("", (), "Type a query"),
     ("   \n ", (), "Type a query"),
     ("x" * (cb.MAX_QUERY_CHARS + 1), (), "limit"),
-    (QUERY, ("hybrid", 0, 0, 0), "All hybrid weights are 0"),
+    (QUERY, ("hybrid", 0, 0, 0), "All weights are 0"),
     (QUERY, ("hybrid", -1, 0.3, 1), "≥ 0"),
     (QUERY, ("bm25",), "Unknown mode"),
 ])

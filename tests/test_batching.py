@@ -260,45 +260,6 @@ def test_gradcache_rejects_non_scalar_loss(xlmr_model):
         GradCache(model, LOSS, sub_batch_size=0)
 
 
-def test_gradcache_defers_ddp_gradient_sync_to_the_last_sub_batch(xlmr_model):
-    """With a DistributedDataParallel-like model, every re-encoding but the last runs under
-    ``no_sync`` (one gradient all-reduce per step), and the gradients are unchanged."""
-    import contextlib
-
-    class Wrapper(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.module = inner
-            self.synced, self.unsynced = 0, 0
-            self._in_no_sync = False
-
-        @contextlib.contextmanager
-        def no_sync(self):
-            self._in_no_sync = True
-            try:
-                yield
-            finally:
-                self._in_no_sync = False
-
-        def forward(self, **kw):
-            if torch.is_grad_enabled():
-                if self._in_no_sync:
-                    self.unsynced += 1
-                else:
-                    self.synced += 1
-            return self.module(**kw)
-
-    model = xlmr_model.eval()
-    model.zero_grad(set_to_none=True)
-    q, p = _batches(model)
-    LOSS(model(**q), model(**p), group_size=2).loss.backward()
-    g_full = _grads(model)
-    wrapped = Wrapper(model)
-    GradCache(wrapped, LOSS, sub_batch_size=3, query_sub_batch_size=3).step(q, p, group_size=2)
-    assert (wrapped.unsynced, wrapped.synced) == (2 + 3 - 1, 1)  # 2 query + 3 passage sub-batches
-    _assert_same_grads(g_full, _grads(model))
-
-
 def test_layer_checkpointing_is_scoped(xlmr_model):
     enc = xlmr_model.encoder
     assert not enc.is_activation_checkpointing
@@ -308,3 +269,23 @@ def test_layer_checkpointing_is_scoped(xlmr_model):
     with pytest.raises(TypeError, match="encoder"):
         with layer_checkpointing(torch.nn.Linear(2, 2)):
             pass
+
+
+def test_no_example_twice_in_a_global_batch():
+    """A short group is topped up with examples it does not hold, never by repeating one (issue 12, 2.3).
+
+    The old top-up repeated the group's first indices: a group of 3 examples for 4 processes
+    gave the global batch [2, 0, 1, 2], whose repeated query met its own positive as a negative.
+    """
+    lengths = [10, 12, 11] + [600 + i for i in range(9)]          # a 3-example group and a 9-example group
+    for world in (2, 4):
+        sampler = LengthGroupedBatchSampler(lengths, 8, boundaries=(0, 500, 1000), world_size=world, seed=3)
+        for epoch in range(5):
+            for batch in sampler.global_batches(epoch):
+                assert len(batch) == len(set(batch)), f"world {world}, epoch {epoch}: {batch} repeats an example"
+                assert len(batch) % world == 0
+            covered = {i for b in sampler.global_batches(epoch) for i in b}
+            assert covered == set(range(len(lengths)))
+    short = LengthGroupedBatchSampler([10, 12, 11], 4, world_size=4)
+    with pytest.raises(ValueError, match="without repeating"):
+        short.global_batches()

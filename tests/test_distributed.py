@@ -1,9 +1,13 @@
-"""Cross-device negatives (m3lab.training.distributed): a 2-process gloo run equals one process.
+"""Cross-device negatives (m3lab.training.distributed, m3lab.training.step): a 2-process gloo run equals one process.
 
 Each rank encodes half of the queries and their passage groups, gathers every rank's
 passages with ``all_gather_embeddings`` and computes the loss of its own queries. The
 all-reduced (averaged, as DistributedDataParallel does) gradients must equal the
-single-process, full-batch gradients.
+single-process gradients of the same global batch:
+
+* every function gathered (m3lab's option): the full-batch loss;
+* dense only (bge-m3's default): L_dense over the full batch, every other term (sparse,
+  multi-vector, s_inter, self-distillation) within each process's own block, averaged.
 """
 from __future__ import annotations
 
@@ -14,10 +18,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from m3lab.training import distributed
-from m3lab.training import GradCache
 from m3lab.losses import M3Loss
 from m3lab.modeling import M3Embeddings, M3Model
+from m3lab.scoring import FUNCTIONS
+from m3lab.training import GradCache, distributed
+from m3lab.training.step import cross_device_loss, training_step
 
 from conftest import WORDS
 
@@ -81,9 +86,17 @@ def _worker(rank: int, init_file: str, model_dir: str, out_file: str) -> None:
         results["plain"] = (_mean_grads(model), float(loss) / WORLD, offset, p_all.dense.shape[0])
 
         # GradCache with the gather inside the loss
-        GradCache(model, distributed.cross_device_loss(loss_fn), sub_batch_size=2, query_sub_batch_size=1).step(
+        GradCache(model, cross_device_loss(loss_fn, FUNCTIONS), sub_batch_size=2, query_sub_batch_size=1).step(
             q, p, group_size=GROUP, teacher_scores=teacher)
         results["gradcache"] = (_mean_grads(model),)
+
+        # bge-m3's default: only the dense function gathered, through the trainer's step (plain and GradCache)
+        for mode in ("plain", "gradcache"):
+            out = training_step(model, loss_fn, q, p, group_size=GROUP, mode=mode, sub_batch_size=2,
+                                query_sub_batch_size=1, teacher_scores=teacher, cross_device_functions=("dense",))
+            loss = torch.tensor(out.parts["loss"])
+            dist.all_reduce(loss)
+            results[f"dense_only_{mode}"] = (_mean_grads(model), float(loss) / WORLD)
 
         # unequal rows and lengths: content and gradient of the gather itself
         n, length = 2 + rank, 3 + 2 * rank
@@ -121,6 +134,32 @@ def full_batch(tiny_xlmr_dir):
     return {k: v.grad.detach().clone() for k, v in model.named_parameters() if v.grad is not None}, out.loss.item()
 
 
+@pytest.fixture(scope="module")
+def dense_only_batch(tiny_xlmr_dir):
+    """One process, the same global batch, bge-m3's terms: L_dense over all queries and passages,
+    the other terms on each rank's block (its queries and their passages), averaged over the blocks."""
+    model = M3Model.from_pretrained(tiny_xlmr_dir, device="cpu").eval()
+    q = model.collate(model.tokenize(QUERIES))
+    p = model.collate(model.tokenize(_passages()))
+    q_all, p_all = model(**q), model(**p)
+    loss_fn = _loss()
+    dense_full = M3Loss(functions=("dense",), temperature=loss_fn.temperature, use_teacher_scores=True)(
+        q_all, p_all, group_size=GROUP, teacher_scores=_teacher()).loss
+    per = N_Q // WORLD
+    blocks = []
+    for r in range(WORLD):
+        qs, ps = slice(r * per, (r + 1) * per), slice(r * per * GROUP, (r + 1) * per * GROUP)
+        q_r = M3Embeddings(*(getattr(q_all, f)[qs] for f in ("dense", "token_weights", "input_ids", "colbert",
+                                                             "colbert_mask")))
+        p_r = M3Embeddings(*(getattr(p_all, f)[ps] for f in ("dense", "token_weights", "input_ids", "colbert",
+                                                             "colbert_mask")))
+        blocks.append(loss_fn.terms(q_r, p_r, group_size=GROUP, teacher_scores=_teacher()[qs]))
+    loss = sum(c * (dense_full if name == "dense" else sum(b[name][0] for b in blocks) / WORLD)
+               for name, (_, c) in blocks[0].items())
+    loss.backward()
+    return {k: v.grad.detach().clone() for k, v in model.named_parameters() if v.grad is not None}, loss.item()
+
+
 def _assert_same(a: dict, b: dict):
     assert set(a) == set(b) and len(a) > 10
     for k in a:
@@ -140,6 +179,17 @@ def test_two_process_gradients_equal_full_batch(runs, full_batch):
 def test_two_process_gradcache_equals_full_batch(runs, full_batch):
     for res in runs:
         _assert_same(full_batch[0], res["gradcache"][0])
+
+
+@pytest.mark.parametrize("mode", ["plain", "gradcache"])
+def test_two_process_dense_only_gathering_is_bge_m3s_loss(runs, dense_only_batch, full_batch, mode):
+    grads, loss = dense_only_batch
+    for res in runs:
+        g, mean_loss = res[f"dense_only_{mode}"]
+        assert mean_loss == pytest.approx(loss, rel=1e-5)
+        _assert_same(grads, g)
+    # and it is not the all-gathered loss: the local blocks have fewer in-batch negatives
+    assert abs(loss - full_batch[1]) > 1e-3
 
 
 def test_gather_pads_rows_and_lengths_and_sums_gradients(runs):
@@ -172,7 +222,7 @@ def test_single_process_is_a_no_op():
     loss = M3Loss(functions=("dense",))
     q = M3Embeddings(torch.eye(2), torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long),
                      torch.zeros(2, 2, 2), torch.zeros(2, 2, dtype=torch.bool))
-    assert distributed.cross_device_loss(loss)(q, q, group_size=1).loss.item() == pytest.approx(
+    assert cross_device_loss(loss)(q, q, group_size=1).loss.item() == pytest.approx(
         loss(q, q, group_size=1).loss.item())
 
 

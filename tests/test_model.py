@@ -351,16 +351,23 @@ def test_heads_loaded_from_files(model, ckpt):
 
 
 def test_missing_heads_are_initialised_and_logged(tiny_bert_dir, caplog):
+    """init_heads exactly: W_mul = I, b_mul = 0; W_lex ~ U(-0.1/sqrt(d), 0.1/sqrt(d)) from seed 0; b_lex = 0.3."""
+    from m3lab.modeling.functions import SPARSE_INIT_BIAS
+
     with caplog.at_level(logging.WARNING, logger="m3lab"):
         a = M3Model.from_pretrained(tiny_bert_dir, device="cpu")
     assert not a.heads_trained
     assert any("untrained" in r.getMessage() for r in caplog.records)
     d = a.hidden_size
-    # documented init: W_mul = identity, b_mul = 0; W_lex default-uniform from seed 0 (reproducible)
     assert torch.equal(a.colbert_linear.weight, torch.eye(d)) and not a.colbert_linear.bias.any()
-    b = M3Model.from_pretrained(tiny_bert_dir, device="cpu")
-    assert torch.equal(a.sparse_linear.weight, b.sparse_linear.weight)
-    assert a.sparse_linear.weight.abs().max() <= 1 / d ** 0.5
+    expected = torch.empty(1, d).uniform_(-0.1 / d ** 0.5, 0.1 / d ** 0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.sparse_linear.weight, expected)
+    assert SPARSE_INIT_BIAS == 0.3 and torch.equal(a.sparse_linear.bias, torch.tensor([0.3]))
+    # so every content token starts active: ReLU(W_lex h + 0.3) > 0 for |W_lex h| < 0.3
+    out = a(**a.collate(a.tokenize(TEXTS[:3])))
+    content = ~torch.isin(out.input_ids, a.drop_ids) & (out.input_ids != a.tokenizer.sep_token_id) & \
+        (out.input_ids != a.tokenizer.pad_token_id)
+    assert (out.token_weights[content] > 0).all()
 
 
 def test_unsafe_head_file_is_refused(ckpt, tmp_path):
@@ -455,11 +462,99 @@ def test_score_texts_and_encoded(model):
     assert from_encoded.sparse[qi, pi] == pytest.approx(hand, abs=ATOL)
 
 
-def test_score_skips_functions_with_zero_weight(model):
-    q = model.encode(TEXTS[:2], return_colbert=False)
-    p = model.encode(TEXTS[2:], return_colbert=False)
+def test_score_skips_functions_with_zero_weight(model, monkeypatch):
+    """Item 5 of issue 12: only the weighted functions are encoded and scored; all-zero weights are an error."""
+    encoded_with, scored = [], []
+    real_encode = model.encode
+
+    def spy_encode(texts, **kw):
+        encoded_with.append({f: kw.get(f"return_{f}", True) for f in scoring.FUNCTIONS})
+        return real_encode(texts, **kw)
+
+    monkeypatch.setattr(model, "encode", spy_encode)
+    for name in ("dense_scores", "sparse_scores", "colbert_scores_chunked"):
+        real = getattr(scoring, name)
+        monkeypatch.setattr(scoring, name, lambda *a, _n=name, _r=real, **k: (scored.append(_n), _r(*a, **k))[1])
+    s = model.score(TEXTS[:2], TEXTS[2:], weights=(0, 1, 0))
+    assert encoded_with == [{"dense": False, "sparse": True, "colbert": False}] * 2
+    assert scored == ["sparse_scores"]
+    assert s.dense is None and s.colbert is None
+    np.testing.assert_allclose(s.scores, s.sparse, rtol=1e-6)
+
+    q = real_encode(TEXTS[:2], return_colbert=False)
+    p = real_encode(TEXTS[2:], return_colbert=False)
     s = score_encoded(q, p, weights=(1.0, 0.3, 0.0))
     assert s.colbert is None
     np.testing.assert_allclose(s.scores, s.dense + 0.3 * s.sparse, atol=ATOL)
-    with pytest.raises(ValueError, match="colbert"):
+    with pytest.raises(ValueError, match="return_colbert"):
         score_encoded(q, p, weights=(1.0, 0.3, 1.0))
+    for call in (lambda: model.score(TEXTS[:1], TEXTS[1:], weights=(0, 0, 0)),
+                 lambda: score_encoded(q, p, weights=(0.0, 0.0, 0.0)),
+                 lambda: scoring.combine_scores(s.dense, s.sparse, None, (0, 0, 0))):
+        with pytest.raises(ValueError, match="all weights are zero"):
+            call()
+
+
+def test_prompts_and_max_lengths_are_saved_and_applied(model, tmp_path):
+    """Item 4 of issue 12: encode_queries / encode_corpus add the saved prompts and cut at the saved lengths."""
+    model.prompts = {"query": "what is ", "passage": "the "}
+    model.max_lengths = {"query": 6, "passage": 9}
+    try:
+        saved = model.save_pretrained(tmp_path / "with-prompts")
+    finally:
+        model.prompts = {"query": "", "passage": ""}
+        model.max_lengths = {"query": 512, "passage": 512}
+    cfg = json.loads((saved / "m3lab_config.json").read_text())
+    assert cfg["prompts"] == {"query": "what is ", "passage": "the "} and cfg["max_lengths"] == {"query": 6, "passage": 9}
+    again = M3Model.from_pretrained(saved, device="cpu", dtype=torch.float32)
+    assert again.prompts == {"query": "what is ", "passage": "the "}
+    q = again.encode_queries(["paris france"])
+    manual = again.encode(["what is paris france"], max_length=6)
+    np.testing.assert_array_equal(q.input_ids[0], manual.input_ids[0])
+    np.testing.assert_allclose(q.dense, manual.dense, rtol=1e-6, atol=1e-7)
+    assert len(again.encode_corpus([TEXTS[4]]).input_ids[0]) == 9
+    assert len(again.encode([TEXTS[4]]).input_ids[0]) > 9              # plain encode adds and cuts nothing
+    # the pairwise scores use them too: query prompt on the query, passage prompt on the passage
+    s = again.score(["paris"], ["tower"], weights=(1, 0, 0))
+    ref = scoring.dense_scores(again.encode(["what is paris"], max_length=6).dense,
+                               again.encode(["the tower"], max_length=9).dense)
+    np.testing.assert_allclose(s.scores, ref, rtol=1e-6)
+
+
+def test_sentence_transformers_prompts_are_read(tiny_bert_dir, tmp_path):
+    path = tmp_path / "st"
+    shutil.copytree(tiny_bert_dir, path)
+    (path / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "query: ", "passage": "passage: "}}))
+    assert M3Model.from_pretrained(path, device="cpu").prompts == {"query": "query: ", "passage": "passage: "}
+
+
+def test_flagembedding_output_form(model):
+    """Item 6 of issue 12: BGEM3FlagModel's dict (str token ids) and compute_score's per-mode lists."""
+    out = model.encode(TEXTS[:3])
+    flag = out.as_flagembedding()
+    assert set(flag) == {"dense_vecs", "lexical_weights", "colbert_vecs"}
+    assert flag["lexical_weights"][1] == {str(k): v for k, v in out.sparse[1].items()}
+    assert flag["dense_vecs"] is out.dense and flag["colbert_vecs"] is out.colbert
+    assert model.encode(TEXTS[:1], return_sparse=False).as_flagembedding()["lexical_weights"] is None
+
+    pairs = [(TEXTS[0], TEXTS[1]), (TEXTS[2], TEXTS[4]), (TEXTS[5], TEXTS[0])]
+    r = model.compute_score(pairs, weights_for_different_modes=[0.4, 0.2, 0.4])
+    full = model.score([a for a, _ in pairs], [b for _, b in pairs], weights=(1, 1, 1))
+    for i in range(len(pairs)):
+        d, sp_, c = full.dense[i, i], full.sparse[i, i], full.colbert[i, i]
+        assert r["dense"][i] == pytest.approx(d, rel=1e-5) and r["sparse"][i] == pytest.approx(sp_, rel=1e-5, abs=1e-7)
+        assert r["colbert"][i] == pytest.approx(c, rel=1e-5)
+        assert r["sparse+dense"][i] == pytest.approx((0.4 * d + 0.2 * sp_) / 0.6, rel=1e-5)
+        assert r["colbert+sparse+dense"][i] == pytest.approx((0.4 * d + 0.2 * sp_ + 0.4 * c) / 1.0, rel=1e-5)
+    one = model.compute_score(pairs[0])
+    assert isinstance(one["dense"], float) and one["dense"] == pytest.approx(r["dense"][0], rel=1e-5)
+    with pytest.raises(TypeError, match=r"sentence_pairs\[0\]"):
+        model.compute_score([("only one",)])
+
+
+def test_default_resolves_to_the_shipped_model():
+    from m3lab.modeling import resolve_model_path
+
+    shipped = Path(__file__).resolve().parents[1] / "data" / "models" / "m3lab-minilm"
+    assert (shipped / "config.json").is_file()
+    assert Path(resolve_model_path("default")) == shipped

@@ -140,3 +140,26 @@ def test_save_pretrained_round_trip(model, ref, tmp_path):
     again = M3Model.from_pretrained(saved, device="cpu", dtype=torch.float32)
     assert again.heads_trained and again.pooling == "cls"
     _assert_same_encoding(again.encode(ref["meta"]["texts"]), ref)
+
+
+def test_compute_score_and_output_form_match_flagembedding(model, ref):
+    """BGEM3FlagModel's per-pair compute_score and its encode dict, from m3lab (issue 12, item 6).
+
+    FlagEmbedding's pair scores are its all-pairs scores' entries (it scores a block all against
+    all and keeps the diagonal), so the reference's matrices are the expected values; its two
+    mixtures are averages weighted by weights_for_different_modes.
+    """
+    texts = ref["meta"]["texts"]
+    pairs = [(0, 1), (2, 3), (4, 0), (1, 1)]
+    w = [0.4, 0.2, 0.4]
+    got = model.compute_score([(texts[i], texts[j]) for i, j in pairs], weights_for_different_modes=w)
+    d, s, c = (np.array([ref[k][i, j] for i, j in pairs]) for k in ("dense_scores", "lexical_scores", "colbert_scores"))
+    assert_close(got["dense"], d, "compute_score dense")
+    assert_close(got["sparse"], s, "compute_score sparse")
+    assert_close(got["colbert"], c, "compute_score colbert")
+    assert_close(got["sparse+dense"], (w[0] * d + w[1] * s) / (w[0] + w[1]), "compute_score sparse+dense")
+    assert_close(got["colbert+sparse+dense"], (w[0] * d + w[1] * s + w[2] * c) / sum(w), "compute_score all")
+    flag = model.encode(texts).as_flagembedding()
+    theirs = _unpack_lexical(ref)
+    for i, weights in enumerate(flag["lexical_weights"]):
+        assert set(weights) == {str(t) for t in theirs[i]}

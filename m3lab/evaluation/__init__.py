@@ -1,8 +1,20 @@
 """Evaluation: retrieval metrics (:mod:`.retrieval`), bitext mining (:mod:`.bitext`), data sets by name, ``m3lab eval``."""
 from .bitext import BITEXT_MODES, DEFAULT_TATOEBA, bitext_scores, evaluate_bitext
 from .cli import format_table
-from .datasets import DATASETS, check_languages, dataset_kind, dataset_languages, load_dataset
-from .retrieval import METRICS, RETRIEVAL_MODES, check_modes, evaluate_retrieval, retrieval_metrics
+from .datasets import (
+           DATASETS,
+           check_languages,
+           dataset_kind,
+           dataset_languages,
+           load_dataset,
+)
+from .retrieval import (
+           METRICS,
+           RETRIEVAL_MODES,
+           check_modes,
+           evaluate_retrieval,
+           retrieval_metrics,
+)
 
 __all__ = ["evaluate_retrieval", "evaluate_bitext", "bitext_scores", "retrieval_metrics", "check_modes",
            "load_dataset", "dataset_kind", "dataset_languages", "check_languages", "format_table", "METRICS",

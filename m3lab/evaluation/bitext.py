@@ -12,9 +12,10 @@ import numpy as np
 from .. import scoring
 from ..data import XQUAD_LANGUAGES, BitextDataset
 from ..data.tatoeba import ISO1_TO_TATOEBA
-from ..modeling import M3Model
+from ..modeling import M3Model, score_encoded
 from ..retrieval.index import MODES as INDEX_MODES
-from .retrieval import _components, check_modes
+from ..retrieval.ranker import mode_functions
+from .retrieval import check_modes
 
 BITEXT_MODES: tuple[str, ...] = INDEX_MODES
 
@@ -24,28 +25,22 @@ DEFAULT_TATOEBA = tuple(ISO1_TO_TATOEBA[lang] for lang in XQUAD_LANGUAGES if lan
 
 
 def bitext_scores(model: M3Model, source: Sequence[str], target: Sequence[str], mode: str = "dense", *,
-                  weights: Sequence[float] = scoring.DEFAULT_WEIGHTS, max_length: int = 512,
+                  weights: Sequence[float] = scoring.DEFAULT_WEIGHTS, max_length: int | None = None,
                   batch_size: int = 32, encoded=None) -> tuple[np.ndarray, np.ndarray]:
-    """All-pairs scores source→target and target→source (the multi-vector score is asymmetric)."""
+    """All-pairs scores source→target and target→source (the multi-vector score is asymmetric).
+
+    Both sides are encoded as queries (:meth:`M3Model.encode_queries`: bitext pairs are
+    symmetric, and MTEB gives e5 its "query: " prompt on both); ``encoded`` reuses encodings.
+    Scores come from :func:`m3lab.modeling.score_encoded`: one function for a single mode, the
+    weighted sum for ``hybrid``.
+    """
+    if mode not in BITEXT_MODES:
+        raise ValueError(f"unknown mode {mode!r}; the modes are {', '.join(BITEXT_MODES)}")
     src, tgt = encoded if encoded is not None else (
-        model.encode(list(source), max_length=max_length, batch_size=batch_size),
-        model.encode(list(target), max_length=max_length, batch_size=batch_size))
-    comps = _components(mode, weights)
-    fwd, bwd = {}, {}
-    if "dense" in comps:
-        fwd["dense"] = scoring.dense_scores(src.dense, tgt.dense)
-        bwd["dense"] = fwd["dense"].T
-    if "sparse" in comps:
-        fwd["sparse"] = scoring.sparse_scores(src.sparse_csr, tgt.sparse_csr)
-        bwd["sparse"] = fwd["sparse"].T
-    if "colbert" in comps:
-        fwd["colbert"] = scoring.colbert_scores_chunked(src.colbert, tgt.colbert)
-        bwd["colbert"] = scoring.colbert_scores_chunked(tgt.colbert, src.colbert)
-    if mode != "hybrid":
-        return fwd[mode], bwd[mode]
-    combine = lambda s: np.asarray(scoring.combine_scores(s.get("dense"), s.get("sparse"), s.get("colbert"),
-                                                          weights), dtype=np.float32)
-    return combine(fwd), combine(bwd)
+        model.encode_queries(list(source), max_length=max_length, batch_size=batch_size),
+        model.encode_queries(list(target), max_length=max_length, batch_size=batch_size))
+    w = tuple(weights) if mode == "hybrid" else tuple(float(f == mode) for f in scoring.FUNCTIONS)
+    return score_encoded(src, tgt, weights=w).scores, score_encoded(tgt, src, weights=w).scores
 
 
 def evaluate_bitext(model: M3Model, dataset: BitextDataset, modes: Sequence[str] = ("dense",), *,
@@ -56,11 +51,11 @@ def evaluate_bitext(model: M3Model, dataset: BitextDataset, modes: Sequence[str]
     modes = check_modes(modes, BITEXT_MODES)
     if len(dataset) == 0:
         raise ValueError(f"bitext {dataset.name!r} is empty")
-    comps = sorted({c for m in modes for c in _components(m, weights)})
+    comps = sorted({c for m in modes for c in mode_functions(m, weights)})
     kw = dict(max_length=max_length, batch_size=batch_size, return_dense="dense" in comps,
               return_sparse="sparse" in comps, return_colbert="colbert" in comps,
               show_progress=show_progress and len(dataset) > 8 * batch_size)
-    encoded = (model.encode(dataset.source, **kw), model.encode(dataset.target, **kw))
+    encoded = (model.encode_queries(dataset.source, **kw), model.encode_queries(dataset.target, **kw))
     gold = np.arange(len(dataset))
     rows = []
     for m in modes:

@@ -31,9 +31,10 @@ from .._io import write_json
 from ..modeling import M3Model
 from ..retrieval.index import MODES as INDEX_MODES
 from ..retrieval.index import CorpusIndex, corpus_fingerprint
+from ..retrieval.ranker import mode_functions
 from .bitext import BITEXT_MODES, evaluate_bitext
 from .datasets import check_languages, dataset_kind, load_dataset
-from .retrieval import _NEEDS_HEADS, RETRIEVAL_MODES, _components, check_modes, evaluate_retrieval
+from .retrieval import _NEEDS_HEADS, RETRIEVAL_MODES, check_modes, evaluate_retrieval
 
 logger = logging.getLogger("m3lab")
 
@@ -165,7 +166,7 @@ def run_eval(args: argparse.Namespace) -> int:
             if index_modes and kind == "xquad-cross":
                 key = corpus_fingerprint(data.corpus)
                 if key not in indexes:
-                    store = sorted({c for m in index_modes for c in _components(m, weights)})
+                    store = sorted({c for m in index_modes for c in mode_functions(m, weights)})
                     indexes[key] = CorpusIndex.build(model, data.corpus, max_length=args.max_length,
                                                      batch_size=args.batch_size, dense_index=args.dense_index,
                                                      store=store, mcls=args.mcls)

@@ -19,7 +19,6 @@ from ..data import (
 from ..data.tatoeba import tatoeba_code
 from .bitext import DEFAULT_TATOEBA
 
-
 DATASETS: tuple[str, ...] = ("xquad", "xquad-cross", "tatoeba", "xquad-long", "mini", "beir:PATH")
 
 

@@ -18,9 +18,15 @@ from ir_measures import RR, R, nDCG
 from .. import scoring
 from ..data import RetrievalDataset
 from ..modeling import M3Model
-from ..retrieval.bm25 import BM25_MODES, BM25Index, model_tokenizer_analyzer, standard_analyzer
+from ..retrieval.bm25 import (
+    BM25_MODES,
+    BM25Index,
+    model_tokenizer_analyzer,
+    standard_analyzer,
+)
 from ..retrieval.index import MODES as INDEX_MODES
 from ..retrieval.index import CorpusIndex, corpus_fingerprint, document_text
+from ..retrieval.ranker import mode_functions
 
 logger = logging.getLogger("m3lab")
 
@@ -99,7 +105,7 @@ def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | None, dataset: Re
     index_modes = [m for m in modes if m in INDEX_MODES]
     if index_modes:
         t0 = time.perf_counter()
-        components = sorted({c for m in index_modes for c in _components(m, weights)})
+        components = sorted({c for m in index_modes for c in mode_functions(m, weights)})
         if index is None:
             index = CorpusIndex.build(model, dataset.corpus, max_length=max_length, batch_size=batch_size,
                                       dense_index=dense_index, store=components, mcls=mcls, show_progress=show_progress)
@@ -124,9 +130,3 @@ def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | None, dataset: Re
                       "seconds": round(time.perf_counter() - t0, 2)}
     return [{**base, "mode": m, **results[m], "n_queries": len(queries), "n_documents": len(dataset.corpus)}
             for m in modes]
-
-
-def _components(mode: str, weights: Sequence[float]) -> tuple[str, ...]:
-    if mode == "hybrid":
-        return ("dense", "sparse") + (("colbert",) if weights[2] != 0 else ())
-    return (mode,)

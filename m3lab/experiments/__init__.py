@@ -16,10 +16,40 @@ probes and a torchrun launcher for measuring cross-device negatives.
 Profiles: ``SMOKE=1`` (environment) → ``"smoke"`` (tiny, CPU, under a minute: CI);
 otherwise ``"gpu"`` when CUDA is available, else ``"cpu"``. ``M3LAB_PROFILE`` forces one.
 """
-from .analysis import gradient_flow, loss_terms, parameter_groups, per_query_metrics, read_log, subsample, xquad_answer_offsets
+from .analysis import (
+                       gradient_flow,
+                       loss_terms,
+                       parameter_groups,
+                       per_query_metrics,
+                       read_log,
+                       subsample,
+                       xquad_answer_offsets,
+)
 from .figures import distributions_figure, heatmap_figure, score_matrix_figure
 from .launch import cross_device_gradients, launch_cross_device
 from .probes import BATCHING_MODES, measure_batching, peak_memory, training_step
-from .profiles import (PROFILES, ROOT, Run, cpu_threads, data_dir, describe_model, device_name, profile, require_data,
-                       run_info, settings, settings_table, show, show_source, smoke, start_run)
-from .tiny import ENCODER_SHAPES, TINY_WORDS, make_tiny_model, random_batch, random_encoder_model
+from .profiles import (
+                       PROFILES,
+                       ROOT,
+                       Run,
+                       cpu_threads,
+                       data_dir,
+                       describe_model,
+                       device_name,
+                       profile,
+                       require_data,
+                       run_info,
+                       settings,
+                       settings_table,
+                       show,
+                       show_source,
+                       smoke,
+                       start_run,
+)
+from .tiny import (
+                       ENCODER_SHAPES,
+                       TINY_WORDS,
+                       make_tiny_model,
+                       random_batch,
+                       random_encoder_model,
+)

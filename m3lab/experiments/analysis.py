@@ -7,38 +7,15 @@ from typing import Any
 import torch
 
 
-def loss_terms(loss_fn, q, p, *, group_size: int) -> dict[str, tuple[torch.Tensor, float]]:
+def loss_terms(loss_fn, q, p, *, group_size: int, teacher_scores=None) -> dict[str, tuple[torch.Tensor, float]]:
     """Every term of :class:`m3lab.losses.M3Loss` as a tensor, with its coefficient in the final loss.
 
     Terms: ``dense``/``sparse``/``colbert`` (InfoNCE per function, eq. 1), ``inter`` (InfoNCE of
     the ensemble s_inter, eq. 2) and ``kd_<function>`` (self-distillation, eq. 3) — whichever
-    ``loss_fn`` uses. ``sum(c * t)`` equals ``loss_fn(q, p, group_size=...).loss`` (the notebooks
-    check it), so each term's share of the gradient can be studied on its own. Single-device,
-    one-hot targets only (``use_teacher_scores`` is not supported here).
+    ``loss_fn`` uses; :meth:`M3Loss.terms` computes them and :meth:`M3Loss.coefficients` holds the
+    coefficients, so ``sum(c * t)`` is ``loss_fn(q, p, group_size=...).loss``.
     """
-    from .. import losses
-
-    if loss_fn.use_teacher_scores:
-        raise ValueError("loss_terms supports one-hot targets only (use_teacher_scores=False)")
-    scores = losses.score_functions(q, p, loss_fn.functions, colbert_max_elements=loss_fn.colbert_max_elements)
-    n_q = q.dense.shape[0]
-    target = torch.arange(n_q, device=q.dense.device) * group_size
-    terms = {f: losses.info_nce(s, target, loss_fn.temperature) for f, s in scores.items()}
-    n = len(loss_fn.functions)
-    if n == 1:
-        return {f: (t, 1.0) for f, t in terms.items()}
-    w = loss_fn.loss_weights
-    inter = losses.ensemble_scores(*(scores.get(f) for f in losses.FUNCTIONS),
-                                   weights=[wt if f in scores else 0.0
-                                            for f, wt in zip(losses.FUNCTIONS, loss_fn.ensemble_weights)])
-    terms["inter"] = losses.info_nce(inter, target, loss_fn.temperature)
-    half = 0.5 if loss_fn.self_distill and loss_fn.form == "bge-m3" else 1.0
-    out = {f: (terms[f], half * w[f] / (n + 1)) for f in loss_fn.functions}
-    out["inter"] = (terms["inter"], half * w["inter"] / (n + 1))
-    if loss_fn.self_distill:
-        for f in loss_fn.functions:
-            out[f"kd_{f}"] = (losses.self_distillation(scores[f], inter, loss_fn.temperature), half * w[f"kd_{f}"] / n)
-    return out
+    return loss_fn.terms(q, p, group_size=group_size, teacher_scores=teacher_scores)
 
 
 def parameter_groups(model) -> dict[str, list[torch.nn.Parameter]]:

@@ -3,23 +3,27 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
+from ..scoring import FUNCTIONS
 from .tiny import random_batch, random_encoder_model
 
 
 def cross_device_gradients(*, n_queries: int = 8, group_size: int = 2, length: int = 32, shape: str = "tiny",
-                           seed: int = 0, cross_device: bool = True) -> dict[str, Any]:
+                           seed: int = 0, cross_device: bool = True,
+                           functions: Sequence[str] = FUNCTIONS) -> dict[str, Any]:
     """One loss and gradient of a fixed random batch, split over the processes of a torchrun launch.
 
     Every process builds the same random model (:func:`random_encoder_model`, dropout off) and the
     same global batch of ``n_queries`` queries with ``group_size`` passages each, and encodes its
-    own equal share. With ``cross_device`` the passages of all processes are gathered
-    (:func:`m3lab.training.distributed.all_gather_embeddings`), so each query is scored against every
-    passage of the global batch; without it, only against its own process's passages. The
-    parameter gradients are averaged over processes as DistributedDataParallel does.
+    own equal share. With ``cross_device`` the passages of all processes are gathered for the
+    ``functions`` given (:func:`m3lab.training.step.training_step`; all three by default, so each
+    query is scored against every passage of the global batch; bge-m3 trains with ``("dense",)``);
+    without it, only against its own process's passages. The parameter gradients are averaged
+    over processes as DistributedDataParallel does.
 
     Run alone it computes the single-process full-batch reference. Returns ``{"world_size",
     "queries_per_process", "passages_scored", "loss", "grad"}`` (``grad``: the flat averaged
@@ -27,8 +31,9 @@ def cross_device_gradients(*, n_queries: int = 8, group_size: int = 2, length: i
     """
     import torch.distributed as tdist
 
-    from ..training import distributed as dist
     from ..losses import M3Loss
+    from ..training import distributed as dist
+    from ..training.step import training_step
 
     world, rank = dist.world_size(), dist.rank()
     if n_queries % world:
@@ -40,22 +45,18 @@ def cross_device_gradients(*, n_queries: int = 8, group_size: int = 2, length: i
     k = n_queries // world
     q_local = {key: v[rank * k:(rank + 1) * k] for key, v in q_all.items()}
     p_local = {key: v[rank * k * group_size:(rank + 1) * k * group_size] for key, v in p_all.items()}
-    q, p = model(**q_local), model(**p_local)
-    offset = 0
-    if cross_device and world > 1:
-        p = dist.all_gather_embeddings(p)
-        offset = dist.rank_offset(k)
-    out = M3Loss()(q, p, group_size=group_size, query_offset=offset)
-    out.loss.backward()
+    gathered = tuple(functions) if cross_device else ()
+    out = training_step(model, M3Loss(), q_local, p_local, group_size=group_size, cross_device_functions=gathered)
     grad = torch.cat([prm.grad.reshape(-1) if prm.grad is not None else torch.zeros(prm.numel())
                       for prm in model.parameters()])
-    loss = out.loss.detach().clone()
+    loss = torch.tensor(out.parts["loss"], dtype=grad.dtype)
     if world > 1:
         tdist.all_reduce(grad)
         tdist.all_reduce(loss)
         grad /= world
         loss /= world
-    return {"world_size": world, "queries_per_process": k, "passages_scored": int(p.dense.shape[0]),
+    scored = n_queries * group_size if gathered and world > 1 else k * group_size
+    return {"world_size": world, "queries_per_process": k, "passages_scored": scored,
             "loss": float(loss), "grad": grad.numpy()}
 
 

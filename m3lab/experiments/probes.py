@@ -2,44 +2,14 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..training.step import BATCHING_MODES, training_step
 from .tiny import random_batch
-
-
-BATCHING_MODES = ("plain", "split", "gradcache")
-
-
-def training_step(model, loss_fn, q_batch: dict, p_batch: dict, *, mode: str = "plain", group_size: int = 1,
-                  sub_batch_size: int = 8, query_sub_batch_size: int | None = None):
-    """One forward and backward of a batch with one of the batching strategies of section 3.4:
-
-    ``plain`` (one forward of the whole batch), ``split`` (:func:`m3lab.training.split_encode`:
-    sub-batches under gradient checkpointing, appendix B.3) or ``gradcache``
-    (:class:`m3lab.training.GradCache`). All three leave the same full-batch gradient in
-    ``.grad``; they differ in memory and time. Returns the loss output.
-    """
-    from ..training.batching import GradCache, split_encode
-
-    q_sub = query_sub_batch_size or sub_batch_size
-    if mode == "plain":
-        out = loss_fn(model(**q_batch), model(**p_batch), group_size=group_size)
-        out.loss.backward()
-    elif mode == "split":
-        out = loss_fn(split_encode(model, q_batch, q_sub), split_encode(model, p_batch, sub_batch_size),
-                      group_size=group_size)
-        out.loss.backward()
-    elif mode == "gradcache":
-        out = GradCache(model, loss_fn, sub_batch_size=sub_batch_size, query_sub_batch_size=q_sub).step(
-            q_batch, p_batch, group_size=group_size)
-    else:
-        raise ValueError(f"mode must be one of {BATCHING_MODES}, got {mode!r}")
-    return out
-
 
 _LIBC: Any = None
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-
 PROFILES = ("smoke", "cpu", "gpu")
 
 

@@ -10,7 +10,6 @@ import torch
 
 from .. import memory
 
-
 #: Words of the tiny XLM-R-style tokenizer (enough for toy queries and passages).
 TINY_WORDS = ("the a of and to in is was for on with as by at from that it be are this which or an were his "
               "paris france tower river city music science history water light energy plant cell sun moon "

@@ -17,6 +17,15 @@ from torch import nn
 POOLINGS = ("cls", "mean")
 
 
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    """x / max(||x||, 1e-12) over the last axis, computed in float32 and returned in x's dtype.
+
+    In fp16 the epsilon 1e-12 underflows to 0: a zero (padding) vector would normalise to 0/0 =
+    NaN, and its backward would spread NaN into every gradient under mixed precision.
+    """
+    return F.normalize(x.float(), dim=-1).to(x.dtype)
+
+
 def dense_embedding(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str = "cls",
                     cls_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Dense function (section 3.2): e = norm(H[CLS]) — or the masked mean of H for ``pooling='mean'``.
@@ -34,7 +43,7 @@ def dense_embedding(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling:
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
     else:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-    return F.normalize(pooled, dim=-1)
+    return l2_normalize(pooled)
 
 
 def sparse_token_weights(hidden: torch.Tensor, sparse_linear: nn.Linear, input_ids: torch.Tensor,
@@ -61,7 +70,7 @@ def colbert_embedding(hidden: torch.Tensor, attention_mask: torch.Tensor, colber
     if cls_mask is not None:
         mask = mask & ~cls_mask[:, 1:].bool()
     vecs = vecs * mask.unsqueeze(-1).to(vecs.dtype)
-    return F.normalize(vecs, dim=-1), mask
+    return l2_normalize(vecs), mask
 
 
 def _max_weights(ids: np.ndarray, weights: np.ndarray) -> dict[int, float]:

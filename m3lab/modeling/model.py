@@ -19,9 +19,27 @@ from tqdm.auto import tqdm
 
 from .. import scoring
 from .._io import atomic_directory, write_json
-from .functions import POOLINGS, _max_weights, colbert_embedding, dense_embedding, init_heads, sparse_token_weights
-from .hub import (COLBERT_FILE, CONFIG_FILE, SPARSE_FILE, _cpu_float_state, _detect_pooling, _download_from_hub,
-                  _load_state, resolve_model_path)
+from .functions import (
+    POOLINGS,
+    _max_weights,
+    colbert_embedding,
+    dense_embedding,
+    init_heads,
+    sparse_token_weights,
+)
+from .hub import (
+    COLBERT_FILE,
+    CONFIG_FILE,
+    DEFAULT_MAX_LENGTHS,
+    DEFAULT_PROMPTS,
+    SPARSE_FILE,
+    _cpu_float_state,
+    _detect_pooling,
+    _download_from_hub,
+    _load_state,
+    resolve_model_path,
+    saved_settings,
+)
 from .outputs import EncodeOutput, M3Embeddings, ScoreOutput
 
 logger = logging.getLogger("m3lab")
@@ -89,7 +107,8 @@ class M3Model(nn.Module):
 
     def __init__(self, encoder: nn.Module, tokenizer, *, pooling: str = "cls",
                  colbert_linear: nn.Linear | None = None, sparse_linear: nn.Linear | None = None,
-                 name_or_path: str | None = None, heads_trained: bool = True):
+                 name_or_path: str | None = None, heads_trained: bool = True,
+                 prompts: dict[str, str] | None = None, max_lengths: dict[str, int] | None = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -98,6 +117,10 @@ class M3Model(nn.Module):
         self.pooling = pooling
         self.name_or_path = name_or_path
         self.heads_trained = heads_trained
+        #: Text put before every query / passage by :meth:`encode_queries` / :meth:`encode_corpus`
+        #: (e.g. e5's "query: " / "passage: "), and where they cut; saved in m3lab_config.json.
+        self.prompts = {**DEFAULT_PROMPTS, **(prompts or {})}
+        self.max_lengths = {**DEFAULT_MAX_LENGTHS, **(max_lengths or {})}
         d = encoder.config.hidden_size
         self.colbert_linear = colbert_linear if colbert_linear is not None else nn.Linear(d, d)
         self.sparse_linear = sparse_linear if sparse_linear is not None else nn.Linear(d, 1)
@@ -149,7 +172,8 @@ class M3Model(nn.Module):
             logger.warning("%s has no %s/%s: the multi-vector and sparse heads are untrained "
                            "(initialised by m3lab.modeling.init_heads, seed 0)", path, COLBERT_FILE, SPARSE_FILE)
         model = cls(encoder, tokenizer, pooling=pooling, colbert_linear=colbert_linear,
-                    sparse_linear=sparse_linear, name_or_path=str(name_or_path), heads_trained=has_heads)
+                    sparse_linear=sparse_linear, name_or_path=str(name_or_path), heads_trained=has_heads,
+                    **saved_settings(path))
         return model.to(device=device, dtype=dtype).eval()
 
     def save_pretrained(self, path: str | os.PathLike, *, encoder_dtype: torch.dtype | None = None) -> Path:
@@ -170,7 +194,8 @@ class M3Model(nn.Module):
             torch.save(_cpu_float_state(self.colbert_linear), tmp / COLBERT_FILE)
             torch.save(_cpu_float_state(self.sparse_linear), tmp / SPARSE_FILE)
             write_json(tmp / CONFIG_FILE, {"pooling": self.pooling, "format": "bge-m3",
-                                           "colbert_dim": self.colbert_linear.out_features})
+                                           "colbert_dim": self.colbert_linear.out_features,
+                                           "prompts": dict(self.prompts), "max_lengths": dict(self.max_lengths)})
         return path
 
     # ------------------------------------------------------------------ properties
@@ -308,18 +333,52 @@ class M3Model(nn.Module):
                             input_ids=[np.asarray(x, dtype=np.int64) for x in all_ids],
                             vocab_size=self.vocab_size, colbert_token_ids=colbert_ids)
 
-    def score(self, queries: EncodeOutput | str | Sequence[str], passages: EncodeOutput | str | Sequence[str], *,
-              weights: Sequence[float] = scoring.DEFAULT_WEIGHTS, max_length: int = 512,
-              batch_size: int = 32) -> ScoreOutput:
-        """Score every query against every passage with the three functions and their weighted sum.
+    def encode_queries(self, queries: str | Sequence[str], *, max_length: int | None = None, **kwargs) -> EncodeOutput:
+        """:meth:`encode` for queries: the query prompt before each, cut at the query max length.
 
-        ``queries``/``passages`` are :meth:`encode` results or texts (encoded here).
-        ``weights`` = (w_dense, w_sparse, w_colbert); a function with weight 0 that was not
-        encoded is skipped.
+        ``self.prompts["query"]`` and ``self.max_lengths["query"]`` come from the checkpoint
+        (``m3lab_config.json``, or sentence-transformers' prompts) and are saved with it.
+        ``max_length`` overrides the saved one; other arguments go to :meth:`encode`.
         """
-        q = queries if isinstance(queries, EncodeOutput) else self.encode(queries, max_length=max_length, batch_size=batch_size)
-        p = passages if isinstance(passages, EncodeOutput) else self.encode(passages, max_length=max_length, batch_size=batch_size)
+        return self._encode_as("query", queries, max_length, kwargs)
+
+    def encode_corpus(self, passages: str | Sequence[str], *, max_length: int | None = None, **kwargs) -> EncodeOutput:
+        """:meth:`encode` for passages: the passage prompt before each, cut at the passage max length."""
+        return self._encode_as("passage", passages, max_length, kwargs)
+
+    def _encode_as(self, kind: str, texts, max_length: int | None, kwargs: dict) -> EncodeOutput:
+        prompt = self.prompts[kind]
+        texts = check_texts(texts)
+        return self.encode([prompt + t for t in texts] if prompt else texts,
+                           max_length=max_length if max_length is not None else self.max_lengths[kind], **kwargs)
+
+    def score(self, queries: EncodeOutput | str | Sequence[str], passages: EncodeOutput | str | Sequence[str], *,
+              weights: Sequence[float] = scoring.DEFAULT_WEIGHTS, max_length: int | None = None,
+              batch_size: int = 32) -> ScoreOutput:
+        """Score every query against every passage with the weighted functions and their weighted sum.
+
+        ``queries``/``passages`` are :meth:`encode` results or texts, encoded here with
+        :meth:`encode_queries` / :meth:`encode_corpus` (their prompts and max lengths, unless
+        ``max_length`` is given). ``weights`` = (w_dense, w_sparse, w_colbert): only the
+        functions with a non-zero weight are encoded and scored (the others are ``None`` in
+        the result); all-zero weights raise ``ValueError``.
+        """
+        weights = scoring.check_weights(weights)
+        wanted = scoring.weighted_functions(weights)
+        kw = dict(max_length=max_length, batch_size=batch_size, **{f"return_{f}": f in wanted for f in scoring.FUNCTIONS})
+        q = queries if isinstance(queries, EncodeOutput) else self.encode_queries(queries, **kw)
+        p = passages if isinstance(passages, EncodeOutput) else self.encode_corpus(passages, **kw)
         return score_encoded(q, p, weights=weights)
+
+    def compute_score(self, sentence_pairs, *, batch_size: int = 256, max_query_length: int | None = None,
+                      max_passage_length: int | None = None,
+                      weights_for_different_modes: Sequence[float] | None = None) -> dict:
+        """``BGEM3FlagModel.compute_score``: per-pair scores by mode (:func:`m3lab.modeling.compat.compute_score`)."""
+        from .compat import compute_score
+
+        return compute_score(self, sentence_pairs, batch_size=batch_size, max_query_length=max_query_length,
+                             max_passage_length=max_passage_length,
+                             weights_for_different_modes=weights_for_different_modes)
 
     def __repr__(self) -> str:
         return (f"M3Model({self.name_or_path!r}, pooling={self.pooling!r}, d={self.hidden_size}, "
@@ -327,11 +386,19 @@ class M3Model(nn.Module):
 
 
 def score_encoded(q: EncodeOutput, p: EncodeOutput, *, weights: Sequence[float] = scoring.DEFAULT_WEIGHTS) -> ScoreOutput:
-    """All-pairs scores of two :class:`EncodeOutput`: each function, then the weighted sum."""
-    weights = tuple(float(w) for w in weights)
-    dense = scoring.dense_scores(q.dense, p.dense) if q.dense is not None and p.dense is not None else None
-    sparse = scoring.sparse_scores(q.sparse_csr, p.sparse_csr) if q.sparse is not None and p.sparse is not None else None
-    colbert = (scoring.colbert_scores_chunked(q.colbert, p.colbert)
-               if q.colbert is not None and p.colbert is not None else None)
+    """All-pairs scores of two :class:`EncodeOutput`: each weighted function, then the weighted sum (s_rank).
+
+    Functions with weight 0 are not scored (``None`` in the result); a weighted function that
+    either side was encoded without raises ``ValueError``, as do all-zero weights.
+    """
+    weights = scoring.check_weights(weights)
+    wanted = scoring.weighted_functions(weights)
+    for f in wanted:
+        if getattr(q, f) is None or getattr(p, f) is None:
+            raise ValueError(f"w_{f} is {weights[scoring.FUNCTIONS.index(f)]} but the {'queries' if getattr(q, f) is None else 'passages'} "
+                             f"were encoded without return_{f}=True")
+    dense = scoring.dense_scores(q.dense, p.dense) if "dense" in wanted else None
+    sparse = scoring.sparse_scores(q.sparse_csr, p.sparse_csr) if "sparse" in wanted else None
+    colbert = scoring.colbert_scores_chunked(q.colbert, p.colbert) if "colbert" in wanted else None
     total = scoring.combine_scores(dense, sparse, colbert, weights)
     return ScoreOutput(scores=np.asarray(total, dtype=np.float32), dense=dense, sparse=sparse, colbert=colbert, weights=weights)

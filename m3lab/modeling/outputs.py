@@ -48,6 +48,12 @@ class EncodeOutput:
             raise ValueError("encoded without return_sparse=True")
         return sparse_dicts_to_csr(self.sparse, self.vocab_size)
 
+    def as_flagembedding(self) -> dict:
+        """This result as ``BGEM3FlagModel.encode`` returns it (:func:`m3lab.modeling.compat.as_flagembedding`)."""
+        from .compat import as_flagembedding
+
+        return as_flagembedding(self)
+
     def select(self, indices: Sequence[int] | np.ndarray) -> "EncodeOutput":
         """The embeddings of a subset of texts, in the given order."""
         idx = [int(i) for i in indices]

@@ -42,7 +42,13 @@ from .. import __version__, scoring
 from .._io import atomic_directory, write_json
 from ..data.records import Document, unique_ids
 from ..modeling import EncodeOutput, M3Model, check_texts
-from .ranker import Ranking, SearchResult, _BlockScorer, _concat_rankings
+from .ranker import (
+    Ranking,
+    SearchResult,
+    _BlockScorer,
+    _concat_rankings,
+    mode_functions,
+)
 
 logger = logging.getLogger("m3lab")
 
@@ -96,6 +102,8 @@ def model_fingerprint(model: M3Model) -> str:
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     probe = model.tokenizer("m3lab probe: Ünïcode 北京 2024 naïve-tokenisation", add_special_tokens=True)["input_ids"]
     h.update(json.dumps([len(model.tokenizer), probe]).encode())
+    # the prompts change every embedding encode_queries/encode_corpus make
+    h.update(json.dumps({"prompts": model.prompts}, sort_keys=True).encode())
     tensors = [(f"encoder.{k}", v) for k, v in model.encoder.state_dict().items()]
     tensors += [(f"colbert_linear.{k}", v) for k, v in model.colbert_linear.state_dict().items()]
     tensors += [(f"sparse_linear.{k}", v) for k, v in model.sparse_linear.state_dict().items()]
@@ -171,7 +179,7 @@ class CorpusIndex:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def build(cls, model: M3Model, documents: Iterable[Document | str], *, max_length: int = 512,
+    def build(cls, model: M3Model, documents: Iterable[Document | str], *, max_length: int | None = None,
               batch_size: int = 32, dense_index: str = "flat", store: Sequence[str] = STORES,
               colbert_dtype: str = "float32", mcls: bool = False, with_titles: bool = True,
               ivf_nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
@@ -182,8 +190,9 @@ class CorpusIndex:
         (exact inner product), ``"ivf"`` (inverted lists, ``ivf_nlist`` clusters, ``nprobe``
         probed) or ``"hnsw"`` (graph with ``hnsw_m`` links); ``colbert_dtype``: ``"float16"``
         halves the multi-vector memory (scores are computed in float32). ``mcls`` encodes the
-        documents with a [CLS] every 256 tokens (appendix B.2). Documents are encoded longest
-        first in chunks, under one progress bar.
+        documents with a [CLS] every 256 tokens (appendix B.2). Documents are encoded with
+        :meth:`M3Model.encode_corpus` (the model's passage prompt; ``max_length`` defaults to
+        its passage max length), longest first in chunks, under one progress bar.
         """
         docs = as_documents(documents)
         store = tuple(store)
@@ -193,6 +202,7 @@ class CorpusIndex:
             raise ValueError(f"dense_index must be one of {DENSE_INDEXES}, got {dense_index!r}")
         if colbert_dtype not in ("float32", "float16"):
             raise ValueError(f"colbert_dtype must be 'float32' or 'float16', got {colbert_dtype!r}")
+        max_length = model.max_lengths["passage"] if max_length is None else max_length
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}")
         if not model.heads_trained and ("sparse" in store or "colbert" in store):
@@ -208,7 +218,7 @@ class CorpusIndex:
         bar = tqdm(total=n, desc="index", unit="doc", disable=not show_progress)
         for start in range(0, n, chunk):
             idx = order[start:start + chunk]
-            out = model.encode([texts[i] for i in idx], batch_size=batch_size, max_length=max_length,
+            out = model.encode_corpus([texts[i] for i in idx], batch_size=batch_size, max_length=max_length,
                                return_dense="dense" in store, return_sparse="sparse" in store,
                                return_colbert="colbert" in store, mcls=mcls, show_progress=False)
             if dense is not None:
@@ -284,7 +294,11 @@ class CorpusIndex:
     def encode_queries(self, queries: str | Sequence[str], *, components: Iterable[str] = STORES,
                        max_length: int | None = None, batch_size: int = 32,
                        show_progress: bool | None = None) -> EncodeOutput:
-        """Encode queries with the index's model (only the ``components`` needed). Empty queries are refused."""
+        """Encode queries with :meth:`M3Model.encode_queries` (only the ``components`` needed).
+
+        The model's query prompt goes before each; ``max_length`` defaults to the model's query
+        max length. Empty queries are refused.
+        """
         texts = check_texts(queries)
         if not texts:
             raise ValueError("no queries given")
@@ -292,7 +306,7 @@ class CorpusIndex:
             if not t.strip():
                 raise ValueError("the query is empty" if len(texts) == 1 else f"query {i} is empty")
         components = set(components)
-        return self.model.encode(texts, batch_size=batch_size, max_length=max_length or self.max_length,
+        return self.model.encode_queries(texts, batch_size=batch_size, max_length=max_length,
                                  return_dense="dense" in components, return_sparse="sparse" in components,
                                  return_colbert="colbert" in components, show_progress=show_progress)
 
@@ -313,15 +327,19 @@ class CorpusIndex:
         return results[0] if single else results
 
     def components_for(self, mode: str, weights: Sequence[float] = scoring.DEFAULT_WEIGHTS) -> tuple[str, ...]:
-        """Which query embeddings ``mode`` needs."""
-        if mode != "hybrid":
-            return (mode,)
-        # hybrid reports dense and sparse (cheap) even at weight 0; multi-vector only when it is weighted.
-        # A weighted function the index lacks is listed too, so that rank() names it in its error.
-        out = [c for c, w in zip(("dense", "sparse"), weights[:2]) if c in self.stored or w != 0]
-        if weights[2] != 0:
-            out.append("colbert")
-        return tuple(out)
+        """Which query embeddings ``mode`` needs (:func:`m3lab.retrieval.ranker.mode_functions`)."""
+        return mode_functions(mode, weights, stored=self.stored)
+
+    def score_documents(self, queries: EncodeOutput, documents: Sequence[int], row: int = 0) -> dict[str, np.ndarray]:
+        """s_dense, s_lex and s_mul of query ``row`` with the documents at positions ``documents``.
+
+        A function the index or the queries lack comes back as NaN (what the app shows as "—").
+        """
+        cand = np.asarray([list(documents)], dtype=np.int64)
+        scorer = _BlockScorer(self, queries.select([row]))
+        nan = np.full(len(documents), np.nan, dtype=np.float32)
+        return {f: scorer.pairs(f, cand)[0] if f in self.stored and getattr(queries, f) is not None else nan
+                for f in STORES}
 
     def rank(self, queries: EncodeOutput, modes: Sequence[str], *, top_k: int = 10,
              weights: Sequence[float] = scoring.DEFAULT_WEIGHTS, candidates: int = 100,

@@ -21,6 +21,24 @@ if TYPE_CHECKING:
     from .index import CorpusIndex
 
 
+def mode_functions(mode: str, weights: Sequence[float] = scoring.DEFAULT_WEIGHTS, *,
+                   stored: Sequence[str] = scoring.FUNCTIONS) -> tuple[str, ...]:
+    """The functions a retrieval ``mode`` computes for its queries (index search, evaluation, bitext).
+
+    ``dense``/``sparse``/``colbert`` need themselves. ``hybrid`` draws candidates from dense and
+    sparse, so it computes both (cheap) even at weight 0 when the index ``stored`` them, and a
+    weighted one in any case (so that a missing one is named in an error); multi-vector only when
+    it is weighted. All-zero hybrid weights raise ``ValueError``.
+    """
+    if mode != "hybrid":
+        return (mode,)
+    weights = scoring.check_weights(weights)
+    out = [c for c, w in zip(("dense", "sparse"), weights[:2]) if c in stored or w != 0]
+    if weights[2] != 0:
+        out.append("colbert")
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class SearchResult:
     """One retrieved document: its final ``score`` and each function's score (``None`` when not computed)."""

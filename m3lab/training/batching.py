@@ -24,7 +24,6 @@ from torch.utils import checkpoint as _ckpt
 from ..losses import LossOutput
 from ..modeling import M3Embeddings
 
-
 _FLOAT_FIELDS = ("dense", "token_weights", "colbert")
 
 
@@ -188,8 +187,8 @@ class GradCache:
     is the embeddings plus the loss plus one sub-batch's activations.
 
     ``loss_fn`` returns a tensor or a :class:`~m3lab.losses.LossOutput`; it may gather
-    embeddings across ranks (:func:`m3lab.training.distributed.all_gather_embeddings`). A
-    DistributedDataParallel model synchronises gradients only on the last re-encoding.
+    embeddings across ranks (:func:`m3lab.training.step.cross_device_loss`); the gradients are then
+    all-reduced once per step by the trainer.
     With ``layer_checkpointing`` the re-encoding checkpoints every encoder layer, so it
     holds one layer's activations at a time (for long inputs; one more forward).
     """
@@ -239,25 +238,23 @@ class GradCache:
         if not isinstance(loss, Tensor) or loss.dim() != 0:
             raise TypeError(f"loss_fn must return a scalar tensor or a LossOutput, got {type(out).__name__}")
         loss.backward()
-        jobs = [(q, c) for c in q_cached] + [(p, c) for c in p_cached]
-        no_sync = getattr(self.model, "no_sync", None)
-        for k, (emb, c) in enumerate(jobs):
-            last = k == len(jobs) - 1
-            with (contextlib.nullcontext() if last or no_sync is None else no_sync()):
-                with c.rng.replay(), torch.enable_grad():
-                    sub_emb = _forward(self.model, c.sub, self.layer_checkpointing)
-                tensors, grads = [], []
-                for name in _FLOAT_FIELDS:
-                    full_grad = getattr(emb, name).grad
-                    if full_grad is None:  # this field was not used by the loss
-                        continue
-                    t = getattr(sub_emb, name)
-                    g = full_grad[c.start:c.stop]
-                    if t.dim() >= 2:  # cut the token axis back to this sub-batch's length
-                        g = g[:, : t.shape[1]]
-                    tensors.append(t)
-                    grads.append(g)
-                if tensors:
-                    torch.autograd.backward(tensors, grads)
+        # m3lab's trainer all-reduces the gradients itself after the step (no DistributedDataParallel),
+        # so the sub-batches backpropagate without any per-sub-batch synchronisation
+        for emb, c in [(q, c) for c in q_cached] + [(p, c) for c in p_cached]:
+            with c.rng.replay(), torch.enable_grad():
+                sub_emb = _forward(self.model, c.sub, self.layer_checkpointing)
+            tensors, grads = [], []
+            for name in _FLOAT_FIELDS:
+                full_grad = getattr(emb, name).grad
+                if full_grad is None:  # this field was not used by the loss
+                    continue
+                t = getattr(sub_emb, name)
+                g = full_grad[c.start:c.stop]
+                if t.dim() >= 2:  # cut the token axis back to this sub-batch's length
+                    g = g[:, : t.shape[1]]
+                tensors.append(t)
+                grads.append(g)
+            if tensors:
+                torch.autograd.backward(tensors, grads)
         parts = dict(out.parts) if isinstance(out, LossOutput) else {"loss": float(loss.detach())}
         return LossOutput(loss.detach(), parts)

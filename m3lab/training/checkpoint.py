@@ -11,7 +11,6 @@ import torch
 
 from .._io import atomic_file
 
-
 STATE_FILE = "trainer_state.pt"
 
 

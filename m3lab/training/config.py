@@ -21,9 +21,9 @@ from typing import Any, Iterable, Union
 
 import yaml
 
+from ..scoring import FUNCTIONS
 from .samplers import TABLE9_BOUNDARIES
 
-FUNCTIONS = ("dense", "sparse", "colbert")
 #: what ``freeze`` may name: the encoder, its token embeddings only, or one function
 FREEZABLE = ("encoder", "embeddings", "dense", "sparse", "colbert")
 NEGATIVES_POLICIES = ("sample_from_corpus", "repeat", "error")
@@ -88,7 +88,8 @@ class TrainConfig:
     group_size: int = 8                      # passages per query: 1 positive + (group_size - 1) hard negatives
     negatives_policy: str = "sample_from_corpus"
     long_text_policy: str = "truncate"
-    query_instruction: str | None = None     # prepended to every query (a line's own "prompt" wins)
+    query_instruction: str | None = None     # before every query (a line's own "prompt" wins); None: the model's prompt
+    passage_instruction: str | None = None   # before every passage; None: the model's passage prompt
     # ---- batching
     batch_size: int | dict[int, int] = 8     # queries per micro-batch over all processes; or per length group
     gradient_accumulation_steps: int = 1
@@ -99,6 +100,7 @@ class TrainConfig:
     length_boundaries: list[int] | None = None  # None: the token ranges of Table 9
     drop_last: bool = False                  # drop each length group's last, short batch
     cross_device_negatives: bool = True
+    cross_device_functions: list[str] = field(default_factory=lambda: ["dense"])  # gathered across processes
     # ---- optimisation
     learning_rate: float = 1e-5
     weight_decay: float = 0.01
@@ -314,6 +316,10 @@ def validate(c: TrainConfig, where: str = "config") -> None:
 
     if not c.train_files:
         fail("train_files", "give at least one training file")
+    bad = [f for f in c.cross_device_functions if f not in FUNCTIONS]
+    if bad or len(set(c.cross_device_functions)) != len(c.cross_device_functions):
+        fail("cross_device_functions", f"expected distinct names among {', '.join(FUNCTIONS)} (bge-m3: [dense]), "
+                                       f"got {c.cross_device_functions}")
     if c.pooling is not None:
         choice("pooling", c.pooling, ("cls", "mean"))
     for key in ("query_max_length", "passage_max_length", "group_size",

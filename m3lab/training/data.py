@@ -27,6 +27,17 @@ class _Example:
     neg_scores: list[float] | None
 
 
+def training_prompts(model: M3Model, config: TrainConfig) -> dict[str, str]:
+    """The query and passage prompts training uses: the config's instructions, else the model's own prompts.
+
+    The trainer stores them in the model, so the checkpoint it saves applies them at inference
+    (``encode_queries`` / ``encode_corpus``).
+    """
+    return {"query": config.query_instruction if config.query_instruction is not None else model.prompts["query"],
+            "passage": config.passage_instruction if config.passage_instruction is not None
+            else model.prompts["passage"]}
+
+
 class TrainingData:
     """Tokenised training examples and the passage group each example gives at each epoch.
 
@@ -72,13 +83,15 @@ class TrainingData:
             return table[text]
 
         self.examples: list[_Example] = []
+        self.prompts = training_prompts(model, config)
+        passage_prompt = self.prompts["passage"]
         for ex, where in raw:
-            instruction = ex.prompt if ex.prompt is not None else config.query_instruction
+            instruction = ex.prompt if ex.prompt is not None else self.prompts["query"]
             query = f"{instruction}{ex.query}" if instruction else ex.query
             self.examples.append(_Example(
                 query=intern(q_index, q_where, query, where),
-                pos=[intern(p_index, p_where, t, where) for t in ex.pos],
-                neg=[intern(p_index, p_where, t, where) for t in ex.neg],
+                pos=[intern(p_index, p_where, passage_prompt + t, where) for t in ex.pos],
+                neg=[intern(p_index, p_where, passage_prompt + t, where) for t in ex.neg],
                 pos_scores=ex.pos_scores, neg_scores=ex.neg_scores))
         self.query_ids, self.truncated_queries = self._tokenize(list(q_index), q_where, config.query_max_length,
                                                                 "query", "query_max_length")

@@ -5,7 +5,8 @@ gloo on CPU). Everything here is a no-op in a single process.
 
 Cross-device negatives: every rank encodes its own queries and their passage groups,
 gathers the passages of all ranks with :func:`all_gather_embeddings`, and computes the
-loss of *its* queries against *all* passages (:func:`cross_device_loss` wraps an M3Loss so).
+loss of *its* queries against *all* passages (:func:`m3lab.training.step.cross_device_loss` wraps an
+M3Loss so; bge-m3 gathers the dense function only).
 The gather is differentiable: its backward sums, over ranks, the gradient that every
 rank's loss sends to a passage, and hands each rank the rows it encoded. With each rank's
 loss the mean over its local queries (equal local batches) and DistributedDataParallel
@@ -16,17 +17,14 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from ..losses import LossOutput, M3Loss
 from ..modeling import M3Embeddings
-
-FUNCTIONS = ("dense", "sparse", "colbert")
-
+from ..scoring import FUNCTIONS
 
 # ----------------------------------------------------------------------------- process group
 
@@ -207,20 +205,3 @@ def all_gather_embeddings(e: M3Embeddings, functions: Sequence[str] = FUNCTIONS)
         colbert_mask = flat_i[:, icol:icol + lc].bool()
     return M3Embeddings(dense=dense, token_weights=token_weights, input_ids=input_ids,
                         colbert=colbert, colbert_mask=colbert_mask)
-
-
-def cross_device_loss(loss_fn: M3Loss) -> Callable[..., LossOutput]:
-    """Wrap an :class:`~m3lab.losses.M3Loss` so every rank's queries see every rank's passages.
-
-    ``cross_device_loss(loss)(q, p, group_size=G, ...)`` gathers ``p`` (the fields of
-    ``loss.functions``), finds this rank's query offset and computes the loss of the local
-    queries. Use it directly or as :class:`~m3lab.training.GradCache`'s ``loss_fn``. In one
-    process it is ``loss`` itself.
-    """
-    def fn(q: M3Embeddings, p: M3Embeddings, **kwargs) -> LossOutput:
-        if not is_initialized() or world_size() == 1:
-            return loss_fn(q, p, **kwargs)
-        offset = rank_offset(q.dense.shape[0], q.dense.device)
-        return loss_fn(q, all_gather_embeddings(p, loss_fn.functions), query_offset=offset, **kwargs)
-
-    return fn

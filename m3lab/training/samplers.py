@@ -12,7 +12,6 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 
-
 #: Paper Table 9 length ranges (tokens): 0-500, 500-1000, 1000-2000, ..., 7000-8192.
 TABLE9_BOUNDARIES: tuple[int, ...] = (0, 500, 1000, 2000, 3000, 4000, 5000, 6000, 7000, 8192)
 
@@ -29,8 +28,9 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     batches of all groups are shuffled together, from ``seed + epoch`` only: every rank
     computes the same plan, so all ranks work on the same group at each step, and rank r
     takes the r-th of ``world_size`` equal, disjoint slices of each batch. A group's last,
-    short batch is dropped with ``drop_last``, else topped up with the group's first
-    indices to a multiple of ``world_size`` (so no rank gets an empty batch).
+    short batch is dropped with ``drop_last``, else topped up to a multiple of ``world_size``
+    (so no rank gets an empty batch) with examples it does not hold yet: the group's own,
+    then those of the nearest groups. No example appears twice in a global batch.
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int | Mapping[int, int], *,
@@ -80,20 +80,38 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     def global_batches(self, epoch: int | None = None) -> list[list[int]]:
         """The epoch's global batches in order (identical on every rank)."""
         gen = torch.Generator().manual_seed(self.seed + (self.epoch if epoch is None else epoch))
+        orders = [[members[i] for i in torch.randperm(len(members), generator=gen).tolist()] for members in self.groups]
         batches: list[list[int]] = []
-        for members, size in zip(self.groups, self.batch_sizes):
-            if not members:
-                continue
-            order = [members[i] for i in torch.randperm(len(members), generator=gen).tolist()]
+        for g, (order, size) in enumerate(zip(orders, self.batch_sizes)):
             for s in range(0, len(order), size):
                 batch = order[s:s + size]
                 if len(batch) < size:
                     if self.drop_last:
                         continue
-                    short = -len(batch) % self.world_size
-                    batch = batch + [order[i % len(order)] for i in range(short)]
+                    batch = batch + self._top_up(batch, -len(batch) % self.world_size, g, orders)
                 batches.append(batch)
         return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+    def _top_up(self, batch: list[int], need: int, group: int, orders: list[list[int]]) -> list[int]:
+        """``need`` examples that are not in ``batch``: the group's own first, then the nearest groups'.
+
+        An example twice in one global batch would meet its own positive as an in-batch
+        negative (its loss could not fall below log 2), so a short batch is never topped up
+        with an example it already holds.
+        """
+        if not need:
+            return []
+        taken, extra = set(batch), []
+        nearest = sorted(range(len(orders)), key=lambda h: (abs(h - group), h))
+        for h in nearest:
+            for i in orders[h]:
+                if i not in taken:
+                    extra.append(i)
+                    taken.add(i)
+                    if len(extra) == need:
+                        return extra
+        raise ValueError(f"{len(self.lengths)} examples cannot fill a batch for {self.world_size} processes "
+                         "without repeating one")
 
     def _local(self, batch: list[int], rank: int) -> list[int]:
         k = len(batch) // self.world_size

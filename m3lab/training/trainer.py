@@ -31,18 +31,25 @@ import torch
 import torch.distributed as tdist
 from tqdm.auto import tqdm
 
-from . import distributed as dist
 from .._io import atomic_directory, write_json
 from ..data.records import DataError
 from ..losses import LossOutput, M3Loss
-from ..modeling import M3Embeddings, M3Model
-from .batching import GradCache, split_encode
-from .checkpoint import (STATE_FILE, _checkpoints, _rng_state, _save_state, _seed_everything, _set_rng_state,
-                         latest_checkpoint)
+from ..modeling import M3Model
+from . import distributed as dist
+from .checkpoint import (
+    STATE_FILE,
+    _checkpoints,
+    _rng_state,
+    _save_state,
+    _seed_everything,
+    _set_rng_state,
+    latest_checkpoint,
+)
 from .config import ConfigError, StageConfig, TrainConfig, load_config
 from .data import TrainingData
 from .monitor import _JsonlLog, _truncate_log, _Window
 from .samplers import TABLE9_BOUNDARIES, LengthGroupedBatchSampler
+from .step import training_step
 
 logger = logging.getLogger("m3lab.training")
 
@@ -108,6 +115,7 @@ class Trainer:
         self.model.train()
 
         self.data = TrainingData(c.train_files, self.model, c)
+        self.model.prompts = dict(self.data.prompts)  # saved with every checkpoint: inference applies them
         self.special_ids = torch.tensor(sorted(set(self.model.tokenizer.all_special_ids)), dtype=torch.long)
         self.sampler = self._make_sampler()
         self.batches_per_epoch = len(self.sampler)
@@ -123,7 +131,10 @@ class Trainer:
             [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=c.learning_rate, betas=tuple(c.adam_betas), eps=c.adam_eps)
         warmup = c.warmup_steps if c.warmup_steps is not None else math.ceil(c.warmup_ratio * self.total_steps)
-        from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+        from transformers import (
+            get_constant_schedule_with_warmup,
+            get_linear_schedule_with_warmup,
+        )
 
         self.scheduler = (get_linear_schedule_with_warmup(self.optimizer, warmup, self.total_steps)
                           if c.lr_scheduler == "linear" else get_constant_schedule_with_warmup(self.optimizer, warmup))
@@ -282,35 +293,20 @@ class Trainer:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _micro_step(self, indices: list[int], epoch: int, loss_fn: M3Loss, window: "_Window") -> LossOutput:
-        """Forward and backward of one micro-batch; gradients accumulate in ``.grad``."""
+        """Forward and backward of one micro-batch (:func:`m3lab.training.step.training_step`)."""
         c = self.config
         batch = self.data.batch(indices, epoch, self.model)
         q_batch = {k: v.to(self.device) for k, v in batch["q"].items()}
         p_batch = {k: v.to(self.device) for k, v in batch["p"].items()}
         teacher = batch["teacher_scores"].to(self.device) if batch["teacher_scores"] is not None else None
         window.count_tokens(q_batch, p_batch)
-        scale = 1.0 / c.gradient_accumulation_steps  # the step's gradient is the mean over micro-batches
-
-        def loss(q: M3Embeddings, p: M3Embeddings) -> LossOutput:
-            window.count_sparse(q, p, self.special_ids)
-            offset = 0
-            if self._cross_device:  # every process scores its queries against all processes' passages
-                p = dist.all_gather_embeddings(p, functions=self.stage_functions)
-                offset = dist.rank_offset(q.dense.shape[0])
-            out = loss_fn(q, p, group_size=c.group_size, teacher_scores=teacher, query_offset=offset)
-            return LossOutput(self.scaler.scale(out.loss * scale), out.parts)
-
-        with self._autocast():
-            if c.batching == "gradcache":  # embeds, scores and backpropagates in sub-batches itself
-                return GradCache(self.model, loss, sub_batch_size=c.sub_batch_size).step(q_batch, p_batch)
-            if c.batching == "split":
-                q = split_encode(self.model, q_batch, c.sub_batch_size, checkpoint=True)
-                p = split_encode(self.model, p_batch, c.sub_batch_size, checkpoint=True)
-            else:
-                q, p = self.model(**q_batch), self.model(**p_batch)
-            out = loss(q, p)
-        out.loss.backward()
-        return out
+        accumulation = 1.0 / c.gradient_accumulation_steps  # the step's gradient is the mean over micro-batches
+        return training_step(
+            self.model, loss_fn, q_batch, p_batch, group_size=c.group_size, mode=c.batching,
+            sub_batch_size=c.sub_batch_size, teacher_scores=teacher,
+            cross_device_functions=c.cross_device_functions if self._cross_device else (),
+            scale=lambda loss: self.scaler.scale(loss * accumulation), autocast=self._autocast,
+            on_embeddings=lambda q, p: window.count_sparse(q, p, self.special_ids))
 
     @property
     def _cross_device(self) -> bool:

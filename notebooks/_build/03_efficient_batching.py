@@ -183,8 +183,10 @@ ex.show(fig)
 # ## 3. Cross-device negatives, with 2 processes
 #
 # With $n$ devices, each encodes its own queries and passages. If each device computed the loss on
-# its own batch, a query would see only its device's passages as negatives. M3 gathers the passage
-# embeddings of all devices, so each query is scored against the **whole** global batch.
+# its own batch, a query would see only its device's passages as negatives. Gathering the passage
+# embeddings of all devices scores each query against the **whole** global batch. (bge-m3's unified
+# fine-tuning gathers the dense function only — the default, `cross_device_functions: [dense]`;
+# here all three are gathered, m3lab's option, so that the step equals one process on the whole batch.)
 # `m3lab.training.distributed.all_gather_embeddings` is differentiable: its backward sends each device the
 # gradient for the rows it encoded, summed over every device's loss. Then the averaged update
 # equals the single-process update on the global batch.
@@ -209,7 +211,7 @@ pd.DataFrame([{"run": name, "processes": r["world_size"], "queries per process":
 # **What it shows.** With the gather, two processes reproduce the single-process loss and gradient
 # (to float rounding) while each holds only half the batch; without it, each query sees half the
 # negatives and the gradient is a different one. In training this is `cross_device_negatives: true`
-# (the default) and a `torchrun` launch:
+# (the default) with `cross_device_functions` (default `[dense]`, as bge-m3) and a `torchrun` launch:
 #
 # ```bash
 # torchrun --nproc_per_node 8 -m m3lab.training --config configs/minilm-m3.yaml            # one node, 8 GPUs
