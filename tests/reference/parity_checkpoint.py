@@ -62,6 +62,21 @@ def heads_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def weights_digest(path: str | Path) -> str:
+    """sha256 over the encoder's tensors (names, dtypes, shapes, bytes), whatever else the file holds.
+
+    Unlike :func:`encoder_digest` it does not depend on how a library version lays out the
+    safetensors file (its header), only on the weights saved in it.
+    """
+    from safetensors.torch import load_file
+
+    h = hashlib.sha256()
+    for name, t in sorted(load_file(str(Path(path) / "model.safetensors")).items()):
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def encoder_digest(path: str | Path) -> str:
     """sha256 of the encoder weights file."""
     h = hashlib.sha256()
