@@ -19,13 +19,16 @@ def test_two_processes_match_one_process(tiny_bert_dir, tmp_path):
     """Same config, world size 1 vs 2: the same steps, losses, gradient norms and weights.
 
     batch_size is the global batch (4 queries): each process takes 2 queries of the same
-    length group, gathers all passages (cross-device negatives) and the gradients are
-    averaged, which must equal the single-process gradient of the whole batch. Dropout is
-    off so the two runs can be compared number for number.
+    length group, gathers all passages of all three functions (m3lab's option
+    ``cross_device_functions: [dense, sparse, colbert]``) and the gradients are averaged, which
+    must equal the single-process gradient of the whole batch. Dropout is off so the two runs
+    can be compared number for number. (bge-m3's default, dense only, is checked against its own
+    single-process loss in tests/test_distributed.py.)
     """
     model = no_dropout_copy(tiny_bert_dir, tmp_path / "tiny")
     data = write_examples(tmp_path / "train.jsonl")
-    cfg = base_config(model, data, tmp_path / "one", stages=[{"steps": 3}], save_steps=2, max_grad_norm=None)
+    cfg = base_config(model, data, tmp_path / "one", stages=[{"steps": 3}], save_steps=2, max_grad_norm=None,
+                      cross_device_functions=["dense", "sparse", "colbert"])
     one = train(cfg)
 
     config_file = tmp_path / "two.yaml"

@@ -21,7 +21,8 @@ from .checkpoint import STATE_FILE, latest_checkpoint
 from .config import ConfigError, StageConfig, TrainConfig, load_config
 from .data import TrainingData
 from .samplers import TABLE9_BOUNDARIES, LengthGroupedBatchSampler
-from .trainer import Trainer, TrainResult, apply_freeze, train
+from .setup import apply_freeze
+from .trainer import Trainer, TrainResult, train
 
 __all__ = ["train", "Trainer", "TrainResult", "TrainConfig", "StageConfig", "ConfigError", "load_config",
            "apply_freeze", "TrainingData", "LengthGroupedBatchSampler", "TABLE9_BOUNDARIES", "GradCache",

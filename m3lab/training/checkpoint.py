@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import random
+import shutil
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,8 @@ import numpy as np
 import torch
 
 from .._io import atomic_file
+
+logger = logging.getLogger("m3lab.train")
 
 STATE_FILE = "trainer_state.pt"
 
@@ -67,3 +71,46 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, config) -> None:
+    """After loading a checkpoint, the config's optimizer settings win over the saved ones.
+
+    So a run can resume with, e.g., a lower learning rate; the schedule continues from
+    the saved step with the config's rate, warm-up and length. Unchanged settings give
+    bit-identical values, so an exact resume stays exact.
+    """
+    decay_group, no_decay_group = optimizer.param_groups
+    decay_group["weight_decay"] = config.weight_decay
+    for group in (decay_group, no_decay_group):
+        group.update(initial_lr=config.learning_rate, betas=tuple(config.adam_betas), eps=config.adam_eps)
+    scheduler.base_lrs = [config.learning_rate] * 2
+    step = scheduler.last_epoch
+    for group, schedule in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["lr"] = config.learning_rate * schedule(step)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+
+
+def prune_checkpoints(output_dir: Path, limit: int | None, newest: Path) -> None:
+    """Keep the ``limit`` newest checkpoints (never ``newest``); ``None`` keeps all."""
+    if limit is None:
+        return
+    found = sorted(_checkpoints(output_dir), key=lambda x: x[0])
+    for _, path in found[:-limit]:
+        if path != newest:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def find_resume(resume_from: str | None, output_dir: str | Path) -> Path | None:
+    """The checkpoint to resume from: ``None``, ``"auto"`` (the latest in ``output_dir``, if any) or a path."""
+    if resume_from is None:
+        return None
+    if resume_from == "auto":
+        found = latest_checkpoint(output_dir)
+        if found is None:
+            logger.info("resume_from: auto: no checkpoint in %s, starting from scratch", output_dir)
+        return found
+    path = Path(resume_from)
+    if not (path / STATE_FILE).is_file():
+        raise FileNotFoundError(f"resume_from: {path} is not a complete checkpoint (no {STATE_FILE})")
+    return path

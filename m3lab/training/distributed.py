@@ -205,3 +205,33 @@ def all_gather_embeddings(e: M3Embeddings, functions: Sequence[str] = FUNCTIONS)
         colbert_mask = flat_i[:, icol:icol + lc].bool()
     return M3Embeddings(dense=dense, token_weights=token_weights, input_ids=input_ids,
                         colbert=colbert, colbert_mask=colbert_mask)
+
+
+def broadcast_parameters(model: torch.nn.Module) -> None:
+    """Rank 0's parameters and buffers on every process (the same starting weights, as DDP does)."""
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+def average_gradients(params: list[torch.Tensor], world: int) -> None:
+    """All-reduce the gradients in one flat buffer and divide by the number of processes (as DDP).
+
+    Each process's loss is the mean over its own queries; the gathered passages carry
+    their gradient back to the process that encoded them, so the average over processes
+    is the gradient of the mean loss over the global batch.
+    """
+    # Parameters outside this stage's loss (e.g. the heads in a dense-only stage) have no
+    # gradient on any process (every process runs the same stage) and must keep none, so
+    # AdamW leaves them alone.
+    params = [p for p in params if p.grad is not None]
+    if not params:
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n

@@ -20,9 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -36,19 +33,13 @@ from ..data.records import DataError
 from ..losses import LossOutput, M3Loss
 from ..modeling import M3Model
 from . import distributed as dist
-from .checkpoint import (
-    STATE_FILE,
-    _checkpoints,
-    _rng_state,
-    _save_state,
-    _seed_everything,
-    _set_rng_state,
-    latest_checkpoint,
-)
+from .checkpoint import (STATE_FILE, _rng_state, _save_state, _seed_everything, _set_rng_state, apply_hyperparameters,
+                         find_resume, latest_checkpoint, prune_checkpoints)
 from .config import ConfigError, StageConfig, TrainConfig, load_config
 from .data import TrainingData
-from .monitor import _JsonlLog, _truncate_log, _Window
+from .monitor import CollapseMonitor, _JsonlLog, _truncate_log, _Window, data_summary, progress_postfix
 from .samplers import TABLE9_BOUNDARIES, LengthGroupedBatchSampler
+from .setup import amp_dtype, apply_freeze, make_optimizer, pick_device
 from .step import training_step
 
 logger = logging.getLogger("m3lab.training")
@@ -95,11 +86,11 @@ class Trainer:
         self.rank, self.world = dist.rank(), dist.world_size()
         self.main = dist.is_main_process()
         self.output_dir = Path(c.output_dir)
-        self.device = _pick_device(c.device)
-        self.amp_dtype = _amp_dtype(c.amp, self.device)
+        self.device = pick_device(c.device)
+        self.amp_dtype = amp_dtype(c.amp, self.device)
 
         _seed_everything(c.seed + self.rank)  # dropout; a resumed run restores the saved states instead
-        resume_dir = self._find_resume(c.resume_from)
+        resume_dir = find_resume(c.resume_from, self.output_dir)
         existing = latest_checkpoint(self.output_dir)
         if resume_dir is None and existing is not None:
             # a fresh run here would mix its checkpoints with the old ones (and 'auto' could resume the wrong one)
@@ -109,7 +100,7 @@ class Trainer:
         self.model = M3Model.from_pretrained(str(resume_dir) if resume_dir else c.model, pooling=c.pooling,
                                              device=self.device, dtype=torch.float32)
         if self.world > 1:  # the same starting weights on every process (as DDP does)
-            _broadcast(self.model)
+            dist.broadcast_parameters(self.model)
         if c.gradient_checkpointing:
             self.model.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
@@ -125,19 +116,7 @@ class Trainer:
         self.stage_steps = [self._stage_length(s) for s in c.stages]
         self.total_steps = sum(self.stage_steps) if c.max_steps is None else min(sum(self.stage_steps), c.max_steps)
 
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.ndim < 2]  # biases, LayerNorm (as nanoGPT)
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=c.learning_rate, betas=tuple(c.adam_betas), eps=c.adam_eps)
-        warmup = c.warmup_steps if c.warmup_steps is not None else math.ceil(c.warmup_ratio * self.total_steps)
-        from transformers import (
-            get_constant_schedule_with_warmup,
-            get_linear_schedule_with_warmup,
-        )
-
-        self.scheduler = (get_linear_schedule_with_warmup(self.optimizer, warmup, self.total_steps)
-                          if c.lr_scheduler == "linear" else get_constant_schedule_with_warmup(self.optimizer, warmup))
+        self.optimizer, self.scheduler = make_optimizer(self.model, c, self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
 
         self.lr = c.learning_rate
@@ -145,26 +124,13 @@ class Trainer:
         self.step = 0                 # optimizer steps done
         self.epoch = 0
         self.batch_in_epoch = 0       # micro-batches of this epoch already consumed
-        self.collapse_streak = 0
+        self.collapse = CollapseMonitor(c.sparse_collapse_threshold, c.sparse_collapse_patience)
         self.checkpoints: list[Path] = []   # written by this run
         self._saved_step = -1
         self.last_losses: dict[str, float] = {}
         self._resume_dir = resume_dir
 
     # ------------------------------------------------------------------ setup helpers
-    def _find_resume(self, resume_from: str | None) -> Path | None:
-        if resume_from is None:
-            return None
-        if resume_from == "auto":
-            found = latest_checkpoint(self.config.output_dir)
-            if found is None:
-                logger.info("resume_from: auto: no checkpoint in %s, starting from scratch", self.config.output_dir)
-            return found
-        path = Path(resume_from)
-        if not (path / STATE_FILE).is_file():
-            raise FileNotFoundError(f"resume_from: {path} is not a complete checkpoint (no {STATE_FILE})")
-        return path
-
     def _make_sampler(self) -> LengthGroupedBatchSampler:
         """Batches from one length group at a time (section 3.4); ``batch_size`` counts all processes."""
         c = self.config
@@ -317,7 +283,7 @@ class Trainer:
         self.lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses, for the log
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.world > 1:
-            _average_gradients(params, self.world)
+            dist.average_gradients(params, self.world)
         self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in params if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
@@ -337,76 +303,38 @@ class Trainer:
         d, c = self.data, self.config
         record = {"event": "start" if self._resume_dir is None else "resume", "step": self.step,
                   "resumed_from": str(self._resume_dir) if self._resume_dir else None,
-                  "examples": len(d), "queries": len(d.query_ids), "passages": len(d.passage_ids),
-                  "truncated_queries": d.truncated_queries, "truncated_passages": d.truncated_passages,
-                  "groups_filled": d.filled_groups, "negatives_policy": c.negatives_policy,
-                  "batches_per_epoch": self.batches_per_epoch, "total_steps": self.total_steps,
+                  **data_summary(d, c), "batches_per_epoch": self.batches_per_epoch, "total_steps": self.total_steps,
                   "stage_steps": dict(zip([s.name for s in c.stages], self.stage_steps)),
                   "world_size": self.world, "device": str(self.device),
                   "length_groups": self.sampler.stats(self.epoch) if c.length_grouping else None,
                   "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "none"}
         if self.main:
             self.log.write(record)
-            if d.truncated_queries or d.truncated_passages:
-                logger.warning("truncated %d of %d queries to query_max_length=%d and %d of %d passages to "
-                               "passage_max_length=%d tokens", d.truncated_queries, len(d.query_ids),
-                               c.query_max_length, d.truncated_passages, len(d.passage_ids), c.passage_max_length)
-            if d.filled_groups and c.group_size > 1:
-                logger.info("%d of %d examples have fewer than %d negatives: filled by %s", d.filled_groups, len(d),
-                            c.group_size - 1, c.negatives_policy)
             logger.info("training %d steps (%s) on %d examples, %d process(es), device %s",
                         self.total_steps, ", ".join(f"{s.name}: {n}" for s, n in zip(c.stages, self.stage_steps)),
                         len(d), self.world, self.device)
 
-    def _log_window(self, w: "_Window", stage: StageConfig, self_distill: bool, bar) -> None:
-        c = self.config
-        stats = torch.tensor([w.loss, w.tokens, w.cells, w.sparse_nonzero, w.sparse_tokens, w.grad_norm],
-                             dtype=torch.float64, device=self.device)
-        parts = sorted(w.parts)
-        part_values = torch.tensor([w.parts[k] for k in parts], dtype=torch.float64, device=self.device)
-        if self.world > 1:  # losses and norms: the mean over processes; counts: the sum
-            tdist.all_reduce(stats)
-            tdist.all_reduce(part_values)
-            stats[[0, 5]] /= self.world
-            part_values /= self.world
-        loss, tokens, cells, nz, sparse_tokens, grad_norm = stats.tolist()
-        steps = w.steps
-        elapsed = time.perf_counter() - w.start
-        losses = {k: float(v) / steps for k, v in zip(parts, part_values.tolist())}
-        share = nz / sparse_tokens if sparse_tokens else None
+    def _log_window(self, w: _Window, stage: StageConfig, self_distill: bool, bar) -> None:
+        summary = w.summarize(self.world, self.device)
         epoch = self.epoch + self.batch_in_epoch / self.batches_per_epoch
         record = {"event": "step", "step": self.step, "epoch": round(epoch, 4), "stage": stage.name,
-                  "self_distill": self_distill, "lr": self.lr,
-                  "loss": loss / steps, "losses": losses, "grad_norm": grad_norm / steps,
-                  "sparse_nonzero_share": share, "tokens_per_s": tokens / elapsed if elapsed > 0 else None,
-                  "padding_share": 1.0 - tokens / cells if cells else None}
+                  "self_distill": self_distill, "lr": self.lr, **summary}
         if self.scaler.is_enabled():  # fp16: the first steps overflow while the loss scale settles
             record["fp16_skipped_steps"], self.overflow_steps = self.overflow_steps, 0
-        self.last_losses = {"loss": record["loss"], **losses}
-        if "sparse" in self.stage_functions and share is not None:
-            self.collapse_streak = self.collapse_streak + 1 if share < c.sparse_collapse_threshold else 0
-            if self.collapse_streak:
-                record["sparse_collapse_streak"] = self.collapse_streak
-            if self.collapse_streak == c.sparse_collapse_patience:
-                message = (f"sparse weights are collapsing: only {share:.2%} of the content tokens have a non-zero "
-                           f"lexical weight (< {c.sparse_collapse_threshold:.2%} for {self.collapse_streak} logs in a "
-                           f"row, step {self.step}); sparse retrieval will find nothing, and a ReLU that outputs 0 "
-                           "gets no gradient, so it rarely recovers. Resume from an earlier checkpoint with a lower "
-                           "learning_rate or a larger loss_weights.sparse (docs/training.md, 'Sparse collapse')")
-                if self.main:
-                    logger.warning(message)
-                    self.log.write({"event": "warning", "step": self.step, "warning": "sparse_collapse",
-                                    "message": message})
+        self.last_losses = {"loss": record["loss"], **record["losses"]}
+        if "sparse" in self.stage_functions and record["sparse_nonzero_share"] is not None:
+            message = self.collapse.update(record["sparse_nonzero_share"], self.step)
+            if self.collapse.streak:
+                record["sparse_collapse_streak"] = self.collapse.streak
+            if message and self.main:
+                logger.warning(message)
+                self.log.write({"event": "warning", "step": self.step, "warning": "sparse_collapse",
+                                "message": message})
         if self.main:
             self.log.write(record)
             if self.on_log is not None:
                 self.on_log(record)
-            bar.set_postfix({"stage": stage.name, "loss": f"{record['loss']:.4f}",
-                             **{k: f"{v:.3f}" for k, v in losses.items()},
-                             "sparse>0": "-" if share is None else f"{share:.0%}",
-                             "pad": "-" if record["padding_share"] is None else f"{record['padding_share']:.0%}",
-                             "tok/s": "-" if record["tokens_per_s"] is None else f"{record['tokens_per_s']:.0f}"},
-                            refresh=False)
+            bar.set_postfix(progress_postfix(record), refresh=False)
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -419,7 +347,7 @@ class Trainer:
         path = self.output_dir / f"checkpoint-{self.step}"
         if self.main:
             state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                     "collapse_streak": self.collapse_streak, "world_size": self.world,
+                     "collapse_streak": self.collapse.streak, "world_size": self.world,
                      "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                      "scaler": self.scaler.state_dict(), "rng": all_rng,
                      "stage": self.stage_at(max(self.step - 1, 0))[0].name}
@@ -428,48 +356,21 @@ class Trainer:
                 _save_state(state, tmp / STATE_FILE)
                 write_json(tmp / "train_config.json", self.config.to_dict())
             self.log.write({"event": "checkpoint", "step": self.step, "path": str(path)})
-            self._prune_checkpoints(path)
+            prune_checkpoints(self.output_dir, self.config.save_total_limit, path)
         dist.barrier()
         self.checkpoints.append(path)
         self._saved_step = self.step
         return path
 
-    def _apply_hyperparameters(self) -> None:
-        """After loading a checkpoint, the config's optimizer settings win over the saved ones.
-
-        So a run can resume with, e.g., a lower learning rate; the schedule continues from
-        the saved step with the config's rate, warm-up and length. Unchanged settings give
-        bit-identical values, so an exact resume stays exact.
-        """
-        c = self.config
-        decay_group, no_decay_group = self.optimizer.param_groups
-        decay_group["weight_decay"] = c.weight_decay
-        for group in (decay_group, no_decay_group):
-            group.update(initial_lr=c.learning_rate, betas=tuple(c.adam_betas), eps=c.adam_eps)
-        self.scheduler.base_lrs = [c.learning_rate] * 2
-        step = self.scheduler.last_epoch
-        for group, schedule in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
-            group["lr"] = c.learning_rate * schedule(step)
-        self.scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
-
-    def _prune_checkpoints(self, newest: Path) -> None:
-        limit = self.config.save_total_limit
-        if limit is None:
-            return
-        found = sorted(_checkpoints(self.output_dir), key=lambda x: x[0])
-        for _, path in found[:-limit]:
-            if path != newest:
-                shutil.rmtree(path, ignore_errors=True)
-
     def _load_state(self, path: Path) -> None:
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self._apply_hyperparameters()
+        apply_hyperparameters(self.optimizer, self.scheduler, self.config)
         self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
-        self.collapse_streak = int(state["collapse_streak"])
+        self.collapse.streak = int(state["collapse_streak"])
         self._saved_step = self.step
         rngs = state["rng"]
         if len(rngs) == self.world:
@@ -482,75 +383,3 @@ class Trainer:
             raise ConfigError(f"{path} is at step {self.step}, past this config's {self.total_steps} steps")
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch,
                     self.batch_in_epoch)
-
-
-def apply_freeze(model: M3Model, freeze: Sequence[str]) -> None:
-    """Set ``requires_grad`` for a stage: everything trainable except what ``freeze`` names.
-
-    ``encoder`` freezes all encoder weights, ``embeddings`` only its input embeddings,
-    ``sparse``/``colbert`` their heads (``sparse_linear``/``colbert_linear``). ``dense`` has
-    no weights of its own (it is the encoder's [CLS] state): it is handled by dropping its
-    loss terms (:attr:`StageConfig.trained_functions`), nothing is frozen here.
-    """
-    for p in model.parameters():
-        p.requires_grad_(True)
-    frozen = []
-    if "encoder" in freeze:
-        frozen.append(model.encoder)
-    elif "embeddings" in freeze:
-        frozen.append(getattr(model.encoder, "embeddings", None) or model.encoder.get_input_embeddings())
-    if "sparse" in freeze:
-        frozen.append(model.sparse_linear)
-    if "colbert" in freeze:
-        frozen.append(model.colbert_linear)
-    for module in frozen:
-        for p in module.parameters():
-            p.requires_grad_(False)
-
-
-def _pick_device(device: str) -> torch.device:
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
-
-
-def _amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """``auto``: bf16 on a GPU that supports it, else fp16 on GPU, none on CPU."""
-    if amp == "none" or (amp == "auto" and device.type != "cuda"):
-        return None
-    if amp == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if amp == "bf16" else torch.float16
-
-
-def _broadcast(model: torch.nn.Module) -> None:
-    import torch.distributed as tdist
-
-    with torch.no_grad():
-        for t in list(model.parameters()) + list(model.buffers()):
-            tdist.broadcast(t.data, src=0)
-
-
-def _average_gradients(params: list[torch.Tensor], world: int) -> None:
-    """All-reduce the gradients in one flat buffer and divide by the number of processes (as DDP).
-
-    Each process's loss is the mean over its own queries; the gathered passages carry
-    their gradient back to the process that encoded them, so the average over processes
-    is the gradient of the mean loss over the global batch.
-    """
-    # Parameters outside this stage's loss (e.g. the heads in a dense-only stage) have no
-    # gradient on any process (every process runs the same stage) and must keep none, so
-    # AdamW leaves them alone.
-    params = [p for p in params if p.grad is not None]
-    if not params:
-        return
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
-    tdist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n

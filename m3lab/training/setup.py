@@ -1,0 +1,68 @@
+"""What a run is set up with: its device and precision, what each stage trains, the optimizer."""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+
+import torch
+
+from ..modeling import M3Model
+from .config import TrainConfig
+
+
+def apply_freeze(model: M3Model, freeze: Sequence[str]) -> None:
+    """Set ``requires_grad`` for a stage: everything trainable except what ``freeze`` names.
+
+    ``encoder`` freezes all encoder weights, ``embeddings`` only its input embeddings,
+    ``sparse``/``colbert`` their heads (``sparse_linear``/``colbert_linear``). ``dense`` has
+    no weights of its own (it is the encoder's [CLS] state): it is handled by dropping its
+    loss terms (:attr:`StageConfig.trained_functions`), nothing is frozen here.
+    """
+    for p in model.parameters():
+        p.requires_grad_(True)
+    frozen = []
+    if "encoder" in freeze:
+        frozen.append(model.encoder)
+    elif "embeddings" in freeze:
+        frozen.append(getattr(model.encoder, "embeddings", None) or model.encoder.get_input_embeddings())
+    if "sparse" in freeze:
+        frozen.append(model.sparse_linear)
+    if "colbert" in freeze:
+        frozen.append(model.colbert_linear)
+    for module in frozen:
+        for p in module.parameters():
+            p.requires_grad_(False)
+
+
+def pick_device(device: str) -> torch.device:
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on a GPU that supports it, else fp16 on GPU, none on CPU."""
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def make_optimizer(model: M3Model, config: TrainConfig, total_steps: int):
+    """AdamW (no weight decay on biases and LayerNorms, as nanoGPT) and the warm-up schedule."""
+    from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    c = config
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=c.learning_rate, betas=tuple(c.adam_betas), eps=c.adam_eps)
+    warmup = c.warmup_steps if c.warmup_steps is not None else math.ceil(c.warmup_ratio * total_steps)
+    scheduler = (get_linear_schedule_with_warmup(optimizer, warmup, total_steps) if c.lr_scheduler == "linear"
+                 else get_constant_schedule_with_warmup(optimizer, warmup))
+    return optimizer, scheduler
