@@ -121,7 +121,7 @@ sys.path.insert(0, str(ROOT))
 # --- m3lab imports ---
 from m3lab import M3Model, __version__ as m3lab_version  # noqa: E402
 from m3lab._io import atomic_file, write_json  # noqa: E402
-from m3lab.experiments import ENCODER_SHAPES, peak_memory, random_batch, random_encoder_model, training_step  # noqa: E402
+from m3lab.experiments import ENCODER_SHAPES, cpu_model, peak_memory, random_batch, random_encoder_model, training_step  # noqa: E402
 from m3lab.losses import M3Loss  # noqa: E402
 from m3lab.memory import PAPER_TABLE10, SHAPES, estimate_step_bytes, max_batch  # noqa: E402
 
@@ -221,13 +221,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
             if smi.returncode == 0:
                 info["nvidia_smi"] = smi.stdout.strip()
     else:
-        cpu = platform.processor() or platform.machine()
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-        info.update(name=f"CPU: {cpu}, {os.cpu_count()} cores", total_memory_bytes=None)
+        info.update(name=f"CPU: {cpu_model()}, {os.cpu_count()} cores", total_memory_bytes=None)
     return info
 
 

@@ -1,9 +1,12 @@
 """Shared fixtures: tiny random encoders (BERT-style and XLM-R-style), the MiniLM backbone, the local data."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +15,23 @@ from m3lab.experiments import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = (ROOT / ".." / "shared" / "data").resolve()
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
+
+
+def load_reference_module(name: str):
+    """A module of tests/reference (e.g. the builder of a parity checkpoint), imported from its file."""
+    spec = importlib.util.spec_from_file_location(f"m3lab_reference_{name}", REFERENCE_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_reference(path: Path) -> dict:
+    """A recorded reference (.npz): its arrays, and its JSON ``meta`` decoded."""
+    with np.load(path) as data:
+        out = {k: data[k] for k in data.files if k != "meta"}
+        out["meta"] = json.loads(str(data["meta"]))
+    return out
 
 
 def _data_dir() -> Path | None:

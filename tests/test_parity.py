@@ -8,14 +8,13 @@ the same dense vectors, lexical weights, multi-vector arrays and pair scores to 
 """
 from __future__ import annotations
 
-import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import load_reference, load_reference_module
 from m3lab import M3Model, scoring
 
 REF_DIR = Path(__file__).resolve().parent / "reference"
@@ -38,18 +37,12 @@ def assert_close(actual, expected, what: str) -> None:
 
 
 def _load_builder():
-    spec = importlib.util.spec_from_file_location("m3lab_parity_checkpoint", REF_DIR / "parity_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_reference_module("parity_checkpoint")
 
 
 @pytest.fixture(scope="module")
 def ref():
-    data = np.load(REF_FILE)
-    out = {k: data[k] for k in data.files if k != "meta"}
-    out["meta"] = json.loads(str(data["meta"]))
-    return out
+    return load_reference(REF_FILE)
 
 
 @pytest.fixture(scope="module")

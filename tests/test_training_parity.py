@@ -18,14 +18,13 @@ all real passage tokens are negative scores 0 there; m3lab (and FlagEmbedding's 
 """
 from __future__ import annotations
 
-import importlib.util
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import load_reference, load_reference_module
 from m3lab import M3Model
 from m3lab.losses import M3Loss
 
@@ -48,18 +47,12 @@ TEMPERATURE = 0.02
 
 
 def _load_builder():
-    spec = importlib.util.spec_from_file_location("m3lab_training_checkpoint", REF_DIR / "training_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_reference_module("training_checkpoint")
 
 
 @pytest.fixture(scope="module")
 def ref():
-    data = np.load(REF_FILE)
-    out = {k: data[k] for k in data.files if k != "meta"}
-    out["meta"] = json.loads(str(data["meta"]))
-    return out
+    return load_reference(REF_FILE)
 
 
 @pytest.fixture(scope="module")

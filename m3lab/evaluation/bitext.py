@@ -40,7 +40,13 @@ def bitext_scores(model: M3Model, source: Sequence[str], target: Sequence[str], 
         model.encode_queries(list(source), max_length=max_length, batch_size=batch_size),
         model.encode_queries(list(target), max_length=max_length, batch_size=batch_size))
     w = tuple(weights) if mode == "hybrid" else tuple(float(f == mode) for f in scoring.FUNCTIONS)
-    return score_encoded(src, tgt, weights=w).scores, score_encoded(tgt, src, weights=w).scores
+    fwd = score_encoded(src, tgt, weights=w)
+    if fwd.colbert is None:  # dense and sparse scores are symmetric: the reverse is the transpose
+        return fwd.scores, fwd.scores.T
+    back = scoring.colbert_scores_chunked(tgt.colbert, src.colbert)  # MaxSim is not symmetric
+    transpose = lambda m: None if m is None else m.T  # noqa: E731
+    bwd = scoring.combine_scores(transpose(fwd.dense), transpose(fwd.sparse), back, fwd.weights)
+    return fwd.scores, np.asarray(bwd, dtype=np.float32)
 
 
 def evaluate_bitext(model: M3Model, dataset: BitextDataset, modes: Sequence[str] = ("dense",), *,

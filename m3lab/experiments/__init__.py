@@ -31,6 +31,7 @@ from .probes import BATCHING_MODES, measure_batching, peak_memory, training_step
 from .profiles import (
                        PROFILES,
                        ROOT,
+                       cpu_model,
                        Run,
                        cpu_threads,
                        data_dir,
