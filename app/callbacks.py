@@ -6,12 +6,19 @@ token-level explanations from :mod:`m3lab.viz.inspect`, figures from :mod:`m3lab
 
 Bad input never raises: every view carries a ``message`` (Markdown) that says what went
 wrong, and keeps its other outputs empty.
+
+User text put into a message goes through :func:`md_text` (shown as typed, never as markup);
+token strings put into a figure through :func:`plot_label`. Every view of a query says how many
+of its tokens the vocabulary misses (:func:`vocabulary_note`, a warning above
+:data:`UNKNOWN_WARN_SHARE`), and tables and figures mark special tokens with :data:`SPECIAL_BADGE`.
 """
 from __future__ import annotations
 
+import html
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +29,8 @@ import plotly.graph_objects as go
 from m3lab import plots, scoring
 from m3lab.data import DataError
 from m3lab.retrieval import document_text
-from m3lab.viz.inspect import LexicalMatch, MaxSimAlignment, lexical_match, maxsim_alignment, token_weights
+from m3lab.viz.inspect import (LexicalMatch, MaxSimAlignment, TokenWeight, UnknownShare, lexical_match,
+                               maxsim_alignment, special_token_ids, token_weights, unknown_pieces, unknown_token_share)
 from m3lab.modeling import EncodeOutput, resolve_model_path, score_encoded
 
 from .corpora import MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, UploadError, load_builtin, upload_corpus
@@ -41,9 +49,94 @@ Progress = Callable[..., object] | None
 
 _ALL_ZERO = "All weights are 0: give at least one of dense, sparse, multi-vector a weight above 0."
 
+#: a query with more than this share of unknown (unk) tokens gets a warning: its scores mean little
+UNKNOWN_WARN_SHARE = 0.10
+#: how tables and figures mark a special token of the tokenizer (<s>, </s>, [CLS], [SEP], <pad>, <unk>, ...)
+SPECIAL_BADGE = "(special)"
+#: the legend of that mark (Markdown), in the Sparse and MaxSim tabs and in messages that show marked tokens
+SPECIAL_LEGEND = (f"**{SPECIAL_BADGE}** marks the tokenizer's special tokens (`<s>`, `</s>`, `<pad>`, `<unk>`, "
+                  "`[CLS]`, `[SEP]`, …): markers it adds or puts for text it does not know, not words of the text.")
+_MD_INLINE = re.compile(r"([\\`*_\[\]~|$])")  # inline Markdown (emphasis, code, links, strikethrough, LaTeX)
+_LINE_BREAKS = re.compile(r"\s*[\r\n]+\s*")
+
 
 def _error(text: str) -> str:
     return f"⚠️ {text}"
+
+
+def md_text(text: str) -> str:
+    """User text for a Markdown message, shown as typed and never as markup: line breaks become spaces (as
+    Markdown shows them, so no line can start a heading or list), inline Markdown characters are
+    backslash-escaped, HTML is escaped."""
+    return html.escape(_MD_INLINE.sub(r"\\\1", _LINE_BREAKS.sub(" ", str(text))))
+
+
+def plot_label(token: str, special: bool = False) -> str:
+    """A token string as a Plotly label: HTML-escaped (Plotly reads ``<s>``, ``<b>``, ... as markup, so
+    ``</s>`` would vanish) and followed by :data:`SPECIAL_BADGE` if it is a special token."""
+    return html.escape(token) + (f" {SPECIAL_BADGE}" if special else "")
+
+
+def _badge(token: str, special: bool) -> str:
+    """A token string for a table cell (plain text), marked if special."""
+    return f"{token} {SPECIAL_BADGE}" if special else token
+
+
+def _flags(flags: Sequence[bool], n: int) -> list[bool]:
+    """``is_special`` flags of n tokens (records built without flags: none special)."""
+    return [bool(f) for f in flags] if len(flags) == n else [False] * n
+
+
+def vocabulary_note(share: UnknownShare, pieces: Sequence[str] = (), unk_token: str | None = "<unk>",
+                    limit: int = 8) -> str:
+    """Markdown: how many of a query's tokens are the unk token; a warning above :data:`UNKNOWN_WARN_SHARE`.
+
+    ``pieces`` (the query's text that became unk, user text: escaped here) are listed with the warning.
+    Empty when the query has no content token or the tokenizer no unk token.
+    """
+    if not share.n_tokens or unk_token is None:
+        return ""
+    unk = html.escape(unk_token)
+    counts = f"{share.n_unknown} of {share.n_tokens} tokens ({share.share:.0%})"
+    if share.share <= UNKNOWN_WARN_SHARE:
+        return f"Vocabulary: {counts} of this query are unknown to the model's vocabulary ({unk})."
+    note = (f"⚠️ **{counts} of this query are unknown to the model's vocabulary ({unk})**: "
+            "its scores mean little for this language / script.")
+    distinct = list(dict.fromkeys(p for p in pieces if p.strip()))
+    if distinct:
+        note += " Unknown: " + ", ".join(f"“{md_text(p)}”" for p in distinct[:limit]) + \
+            (f" and {len(distinct) - limit} more" if len(distinct) > limit else "") + "."
+    return note
+
+
+def _vocabulary(ws: Workspace, text: str) -> tuple[str, UnknownShare]:
+    """The :func:`vocabulary_note` of a query with the workspace's tokenizer, and its counts."""
+    with MODEL_LOCK:
+        share = unknown_token_share(ws.model, text)
+        pieces = unknown_pieces(ws.model, text) if share.n_unknown else []
+    return vocabulary_note(share, pieces, getattr(ws.model.tokenizer, "unk_token", None)), share
+
+
+def _with_note(message: str, note: str) -> str:
+    return f"{message}\n\n{note}" if note else message
+
+
+def _plot_weights(weights: Sequence[TokenWeight]) -> list[TokenWeight]:
+    """Token weights with Plotly labels (:func:`plot_label`), for the weight bars."""
+    return [replace(w, token=plot_label(w.token, w.is_special)) for w in weights]
+
+
+def _plot_match(m: LexicalMatch) -> LexicalMatch:
+    """A lexical match with Plotly labels, for the contribution bars."""
+    return replace(m, tokens=[plot_label(t, f) for t, f in zip(m.tokens, _flags(m.is_special, len(m.tokens)))])
+
+
+def _plot_alignment(a: MaxSimAlignment) -> MaxSimAlignment:
+    """A MaxSim alignment with Plotly labels, for the heatmap."""
+    return replace(a, query_tokens=[plot_label(t, f) for t, f in
+                                    zip(a.query_tokens, _flags(a.query_is_special, len(a.query_tokens)))],
+                   passage_tokens=[plot_label(t, f) for t, f in
+                                   zip(a.passage_tokens, _flags(a.passage_is_special, len(a.passage_tokens)))])
 
 
 def _fmt(x: float | None) -> float | None:
@@ -64,6 +157,7 @@ class SearchView:
     choices: list[tuple[str, str]]  # (label, document id) of the results, for the Sparse and MaxSim views
     session: Session
     figure: go.Figure
+    unknown: UnknownShare | None = None  # the query's unk tokens (its vocabulary note is in the message)
 
 
 def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0, w_sparse: float = 0.3,
@@ -71,7 +165,8 @@ def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0
     """Retrieve ``top_k`` documents in ``mode`` and report every function's score of each result.
 
     The ranking is the index's (``CorpusIndex.rank``); the component columns are the three
-    scores of the same pairs from :mod:`m3lab.scoring`, whichever mode ranked them.
+    scores of the same pairs from :mod:`m3lab.scoring`, whichever mode ranked them. The message
+    ends with the query's :func:`vocabulary_note`.
     """
     session = dict(session or {})
     empty = SearchView("", pd.DataFrame(columns=RESULT_COLUMNS), [], session,
@@ -102,11 +197,14 @@ def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0
     except ValueError as err:
         empty.message = _error(str(err))
         return empty
+    vocab, unknown = _vocabulary(ws, query)
     idx = [int(j) for j in ranking.indices[0] if j >= 0]
     if not idx:
-        empty.message = f"No document matches {query!r} in {mode} mode" + \
-            (" (no token of the query has a positive weight in any document)." if mode == "sparse" else ".")
+        empty.message = _with_note(f"No document matches **{md_text(query)}** in {mode} mode" +
+                                   (" (no token of the query has a positive weight in any document)."
+                                    if mode == "sparse" else "."), vocab)
         empty.session = {"workspace": ws.key, "query": query, "doc_ids": []}
+        empty.unknown = unknown
         return empty
     comps = index.score_documents(q, idx)
     rows = []
@@ -121,13 +219,13 @@ def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0
                                  tuple(float(MODES[mode] == k) for k in ("dense", "sparse", "colbert")),
                                  title=f"{mode} score of each result" + (" = w1·dense + w2·sparse + w3·multi-vector"
                                                                          if mode == "hybrid" else ""))
-    note = f"{len(idx)} results for **{query}** in **{mode}** mode"
+    note = f"{len(idx)} results for **{md_text(query)}** in **{mode}** mode"
     if mode == "hybrid":
         note += f" (weights dense {weights[0]:g}, sparse {weights[1]:g}, multi-vector {weights[2]:g})"
     if not ws.model.heads_trained:
         note += ". ⚠️ The model's sparse and multi-vector heads are untrained: only dense scores are meaningful."
     session = {"workspace": ws.key, "query": query, "doc_ids": [c[1] for c in choices]}
-    return SearchView(note, table, choices, session, fig)
+    return SearchView(_with_note(note, vocab), table, choices, session, fig, unknown)
 
 
 def _snippet(text: str, limit: int = 300) -> str:
@@ -176,7 +274,9 @@ def highlight(ws: Workspace, text: str, weights: dict[int, float]) -> list[tuple
     with MODEL_LOCK:
         ids = tok(text, truncation=True, max_length=max_length)["input_ids"]
     top = max(weights.values(), default=0.0) or 1.0
-    return [(t + " ", (weights.get(i, 0.0) / top) or None) for i, t in zip(ids, tok.convert_ids_to_tokens(ids))]
+    special = special_token_ids(ws.model)
+    return [(_badge(t, i in special) + " ", (weights.get(i, 0.0) / top) or None)
+            for i, t in zip(ids, tok.convert_ids_to_tokens(ids))]
 
 
 @dataclass
@@ -190,10 +290,15 @@ class SparseView:
     table: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         columns=["token", "w_query", "w_passage", "w_q·w_p"]))
     match: LexicalMatch | None = None
+    unknown: UnknownShare | None = None
 
 
 def sparse_view(ws: Workspace, session: Session | None, doc_id: str | None) -> SparseView:
-    """Token weights of the query and the chosen result, their shared tokens and contributions (sum = s_lex)."""
+    """Token weights of the query and the chosen result, their shared tokens and contributions (sum = s_lex).
+
+    Special tokens are marked (:data:`SPECIAL_BADGE`) in the table and the bars; the message ends
+    with the query's :func:`vocabulary_note`.
+    """
     pair = _pair(ws, session, doc_id)
     if isinstance(pair, str):
         blank = plots.empty_figure(pair)
@@ -201,19 +306,26 @@ def sparse_view(ws: Workspace, session: Session | None, doc_id: str | None) -> S
     query, doc, passage = pair
     q, p = _encode_pair(ws, query, passage)
     match = lexical_match(ws.model, q, p)
-    table = pd.DataFrame({"token": match.tokens, "w_query": _round(match.query_weights),
+    special = _flags(match.is_special, len(match.tokens))
+    table = pd.DataFrame({"token": [_badge(t, f) for t, f in zip(match.tokens, special)],
+                          "w_query": _round(match.query_weights),
                           "w_passage": _round(match.passage_weights), "w_q·w_p": _round(match.contributions)})
     table = pd.concat([table, pd.DataFrame([{"token": "s_lex (sum)", "w_query": None, "w_passage": None,
                                               "w_q·w_p": round(match.total, 4)}])], ignore_index=True)
-    msg = (f"Query **{query}** vs **{doc.id}**: {len(match.tokens)} shared token(s), "
-           f"s_lex = Σ w_q·w_p = **{match.total:.4f}**")
+    msg = (f"Query **{md_text(query)}** vs **{doc.id}**: {len(match.tokens)} shared token(s)" +
+           (f" ({sum(special)} of them special)" if any(special) else "") +
+           f", s_lex = Σ w_q·w_p = **{match.total:.4f}**")
+    q_weights, p_weights = token_weights(ws.model, q, 0), token_weights(ws.model, p, 0)
     if not ws.model.heads_trained:
         msg += " ⚠️ untrained sparse head: these weights are not learned yet."
+    if any(special) or any(w.is_special for w in q_weights + p_weights):
+        msg += "\n\n" + SPECIAL_LEGEND
+    vocab, unknown = _vocabulary(ws, query)
     return SparseView(
-        msg, highlight(ws, query, q.sparse[0]), highlight(ws, passage, p.sparse[0]),
-        plots.token_weight_bar(token_weights(ws.model, q, 0), title="Query token weights"),
-        plots.token_weight_bar(token_weights(ws.model, p, 0), title=f"Passage token weights ({doc.id})"),
-        plots.lexical_contribution_bar(match), table, match)
+        _with_note(msg, vocab), highlight(ws, query, q.sparse[0]), highlight(ws, passage, p.sparse[0]),
+        plots.token_weight_bar(_plot_weights(q_weights), title="Query token weights"),
+        plots.token_weight_bar(_plot_weights(p_weights), title=f"Passage token weights ({html.escape(doc.id)})"),
+        plots.lexical_contribution_bar(_plot_match(match)), table, match, unknown)
 
 
 @dataclass
@@ -223,25 +335,44 @@ class MaxSimView:
     table: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         columns=["query token", "best passage token", "similarity", "contribution"]))
     alignment: MaxSimAlignment | None = None
+    unknown: UnknownShare | None = None
 
 
 def maxsim_view(ws: Workspace, session: Session | None, doc_id: str | None) -> MaxSimView:
-    """Query × passage token similarities, each query token's best match and its share of s_mul."""
+    """Query × passage token similarities, each query token's best match and its share of s_mul.
+
+    Special tokens are marked (:data:`SPECIAL_BADGE`) in the table and the heatmap, and the message
+    counts the query tokens whose best match is one (e.g. the passage's ``</s>``); it ends with the
+    query's :func:`vocabulary_note`.
+    """
     pair = _pair(ws, session, doc_id)
     if isinstance(pair, str):
         return MaxSimView(_error(pair), plots.empty_figure(pair))
     query, doc, passage = pair
     a = maxsim_alignment(ws.model, *_encode_pair(ws, query, passage))
-    return MaxSimView(
-        f"Query **{query}** vs **{doc.id}**: {len(a.query_tokens)} query vectors; "
-        f"s_mul = (1/N) Σ_i max_j sim = **{a.total:.4f}**" +
-        ("" if ws.model.heads_trained else " ⚠️ untrained multi-vector head (W_mul = identity)."),
-        plots.maxsim_heatmap(a), _alignment_table(a), a)
+    msg = (f"Query **{md_text(query)}** vs **{doc.id}**: {len(a.query_tokens)} query vectors; "
+           f"s_mul = (1/N) Σ_i max_j sim = **{a.total:.4f}**" +
+           ("" if ws.model.heads_trained else " ⚠️ untrained multi-vector head (W_mul = identity)."))
+    p_special = _flags(a.passage_is_special, len(a.passage_tokens))
+    to_special = [int(j) for j in a.best if p_special[j]]
+    if to_special:
+        names = ", ".join(html.escape(t) for t in dict.fromkeys(a.passage_tokens[j] for j in to_special))
+        verb = "best-matches" if len(to_special) == 1 else "best-match"
+        msg += (f"\n\n{len(to_special)} of the {len(a.query_tokens)} query vectors {verb} a special token of "
+                f"the passage ({names}): such a match says nothing about the passage's words.")
+    if to_special or any(_flags(a.query_is_special, len(a.query_tokens))):
+        msg += "\n\n" + SPECIAL_LEGEND
+    vocab, unknown = _vocabulary(ws, query)
+    return MaxSimView(_with_note(msg, vocab), plots.maxsim_heatmap(_plot_alignment(a)), _alignment_table(a), a,
+                      unknown)
 
 
 def _alignment_table(a: MaxSimAlignment) -> pd.DataFrame:
     sims = a.similarity[np.arange(len(a.best)), a.best] if len(a.best) else np.zeros(0)
-    table = pd.DataFrame({"query token": a.query_tokens, "best passage token": [a.passage_tokens[j] for j in a.best],
+    q_special = _flags(a.query_is_special, len(a.query_tokens))
+    p_special = _flags(a.passage_is_special, len(a.passage_tokens))
+    table = pd.DataFrame({"query token": [_badge(t, f) for t, f in zip(a.query_tokens, q_special)],
+                          "best passage token": [_badge(a.passage_tokens[j], p_special[j]) for j in a.best],
                           "similarity": _round(sims), "contribution": _round(a.contributions)})
     return pd.concat([table, pd.DataFrame([{"query token": "s_mul (sum)", "best passage token": "", "similarity": None,
                                             "contribution": round(a.total, 4)}])], ignore_index=True)
@@ -279,7 +410,7 @@ def projection_view(ws: Workspace, session: Session | None, color_by: str = "lan
         q_xy = proj.transform(dense_of(ws, [session["query"]]))
         q_text = [session["query"]]
         highlight_idx = [p for p in (ws.position(i) for i in session.get("doc_ids", [])) if p is not None]
-        msg += f"; ★ = the query **{session['query']}**, ringed = its results"
+        msg += f"; ★ = the query **{md_text(session['query'])}**, ringed = its results"
     else:
         msg += " (search to place a query in it)"
     fig = plots.projection_scatter(proj.coords, labels, texts, query_coords=q_xy, query_texts=q_text,
@@ -297,11 +428,15 @@ class CompareView:
     lexical_figure: go.Figure | None = None
     maxsim_figure: go.Figure | None = None
     values: dict[str, float] = field(default_factory=dict)
+    unknown: UnknownShare | None = None  # text A's unk tokens
 
 
 def compare(ws: Workspace, text_a: str, text_b: str, w_dense: float = 1.0, w_sparse: float = 0.3,
             w_colbert: float = 1.0) -> CompareView:
-    """Score text A (as the query) against text B with the three functions and explain each score."""
+    """Score text A (as the query) against text B with the three functions and explain each score.
+
+    The message ends with text A's :func:`vocabulary_note`; special tokens are marked in the figures.
+    """
     text_a, text_b = (text_a or "").strip(), (text_b or "").strip()
     if not text_a or not text_b:
         blank = plots.empty_figure("enter two texts")
@@ -321,7 +456,9 @@ def compare(ws: Workspace, text_a: str, text_b: str, w_dense: float = 1.0, w_spa
     align = maxsim_alignment(ws.model, q, p)
     values = {"dense": float(every.dense[0, 0]), "sparse": float(every.sparse[0, 0]), "colbert": float(every.colbert[0, 0])}
     values["hybrid"] = float(scoring.combine_scores(values["dense"], values["sparse"], values["colbert"], weights))
-    top_lex = ", ".join(f"{t} ({c:.3f})" for t, c in zip(match.tokens[:5], match.contributions[:5])) or "none"
+    special = _flags(match.is_special, len(match.tokens))
+    top_lex = ", ".join(f"{_badge(t, f)} ({c:.3f})" for t, f, c in
+                        zip(match.tokens[:5], special[:5], match.contributions[:5])) or "none"
     pooled = "[CLS] vectors" if ws.model.pooling == "cls" else "mean-pooled vectors"
     rows = [["dense", round(values["dense"], 4), f"inner product of the two normalised {pooled}: <e_A, e_B>"],
             ["sparse (lexical)", round(values["sparse"], 4),
@@ -333,9 +470,13 @@ def compare(ws: Workspace, text_a: str, text_b: str, w_dense: float = 1.0, w_spa
     msg = "Text A is scored as the query, text B as the passage."
     if not ws.model.heads_trained:
         msg += " ⚠️ Untrained heads: the sparse and multi-vector scores are not learned yet."
-    return CompareView(msg, pd.DataFrame(rows, columns=["function", "score", "how"]),
-                       plots.score_bars(values, weights=weights), plots.lexical_contribution_bar(match),
-                       plots.maxsim_heatmap(align), values)
+    if any(special) or any(_flags(align.query_is_special, len(align.query_tokens))) or \
+            any(_flags(align.passage_is_special, len(align.passage_tokens))):
+        msg += "\n\n" + SPECIAL_LEGEND
+    vocab, unknown = _vocabulary(ws, text_a)
+    return CompareView(_with_note(msg, vocab), pd.DataFrame(rows, columns=["function", "score", "how"]),
+                       plots.score_bars(values, weights=weights), plots.lexical_contribution_bar(_plot_match(match)),
+                       plots.maxsim_heatmap(_plot_alignment(align)), values, unknown)
 
 
 # ----------------------------------------------------------------------------- Corpus and Model

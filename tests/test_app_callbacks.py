@@ -16,6 +16,7 @@ from app.corpora import (MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, Corpus, builtin
 from app.state import AppState, build_workspace, load_model  # noqa: E402
 from m3lab.data import Document  # noqa: E402
 from m3lab.retrieval import document_text  # noqa: E402
+from m3lab.viz.inspect import UnknownShare  # noqa: E402
 
 QUERY = "where is the tower of paris built"
 
@@ -154,6 +155,146 @@ def test_result_views_without_a_valid_search_give_messages(state, view):
     s = cb.search(ws, QUERY, "dense", top_k=2)
     assert "changed" in view(ws, dict(s.session, workspace="another"), None).message
     assert "not in the current corpus" in view(ws, s.session, "no/such/doc").message
+
+
+# ----------------------------------------------------------------------------- unknown and special tokens
+
+UNK_QUERY = "光合作用 paris"  # MiniLM's WordPiece: 光 合 [UNK] [UNK] paris
+WARNING_2_OF_5 = ("⚠️ **2 of 5 tokens (40%) of this query are unknown to the model's vocabulary ([UNK])**: "
+                  "its scores mean little for this language / script. Unknown: “作”, “用”.")
+SCORES_MEAN_LITTLE = "its scores mean little"
+
+
+@pytest.mark.parametrize("share,expected", [
+    (UnknownShare(0.0, 0, 7), "Vocabulary: 0 of 7 tokens (0%) of this query are unknown to the model's vocabulary "
+                              "(&lt;unk&gt;)."),
+    (UnknownShare(0.1, 1, 10), "Vocabulary: 1 of 10 tokens (10%) of this query are unknown to the model's vocabulary "
+                               "(&lt;unk&gt;)."),  # at the threshold: no warning
+    (UnknownShare(2 / 11, 2, 11), "⚠️ **2 of 11 tokens (18%) of this query are unknown to the model's vocabulary "
+                                  "(&lt;unk&gt;)**: its scores mean little for this language / script."),
+    (UnknownShare(0.0, 0, 0), ""),  # no content token: nothing to say
+])
+def test_vocabulary_note_warns_above_the_threshold(share, expected):
+    assert cb.UNKNOWN_WARN_SHARE == 0.10
+    assert cb.vocabulary_note(share, unk_token="<unk>") == expected
+    assert cb.vocabulary_note(share, unk_token=None) == ""
+
+
+def test_vocabulary_note_escapes_the_unknown_text():
+    note = cb.vocabulary_note(UnknownShare(0.75, 3, 4), ["<b>x</b>", "*y* [l](u)", "<b>x</b>", " "], "<unk>")
+    assert note == ("⚠️ **3 of 4 tokens (75%) of this query are unknown to the model's vocabulary (&lt;unk&gt;)**: "
+                    "its scores mean little for this language / script. "
+                    "Unknown: “&lt;b&gt;x&lt;/b&gt;”, “\\*y\\* \\[l\\](u)”.")
+    many = cb.vocabulary_note(UnknownShare(1.0, 10, 10), [f"w{i}" for i in range(10)], "[UNK]", limit=8)
+    assert many.endswith("Unknown: “w0”, “w1”, “w2”, “w3”, “w4”, “w5”, “w6”, “w7” and 2 more.")
+
+
+def test_every_view_of_a_query_reports_its_unknown_tokens(state):
+    ws = state.workspace
+    s = cb.search(ws, UNK_QUERY, "dense", top_k=2)
+    assert s.message.endswith("\n\n" + WARNING_2_OF_5) and tuple(s.unknown) == (0.4, 2, 5)
+    for view in (cb.sparse_view(ws, s.session, None), cb.maxsim_view(ws, s.session, None),
+                 cb.compare(ws, UNK_QUERY, "paris is a city")):
+        assert view.message.endswith("\n\n" + WARNING_2_OF_5) and tuple(view.unknown) == (0.4, 2, 5)
+    # 1 of 10 unknown (10 %, not over): the counts without the warning
+    below = cb.search(ws, "作 the tower of paris is built in the city", "dense", top_k=2)
+    assert below.message.endswith("\n\nVocabulary: 1 of 10 tokens (10%) of this query are unknown to the model's "
+                                  "vocabulary ([UNK]).") and SCORES_MEAN_LITTLE not in below.message
+    ok = cb.search(ws, QUERY, "hybrid", top_k=2)
+    assert ok.message.endswith("\n\nVocabulary: 0 of 7 tokens (0%) of this query are unknown to the model's "
+                               "vocabulary ([UNK]).") and tuple(ok.unknown) == (0.0, 0, 7)
+    assert cb.search(ws, "", "dense").unknown is None  # bad input: no note
+
+
+def test_user_text_is_escaped_in_the_messages(state):
+    ws = state.workspace
+    query = "<img src=x onerror=alert(1)> **tower** [paris](javascript:x) 作"
+    shown = "&lt;img src=x onerror=alert(1)&gt; \\*\\*tower\\*\\* \\[paris\\](javascript:x) 作"
+    assert cb.md_text(query) == shown
+    assert cb.md_text("line one\n# heading\r\n- item") == "line one # heading - item"
+    s = cb.search(ws, query, "dense", top_k=2)
+    views = [s, cb.sparse_view(ws, s.session, None), cb.maxsim_view(ws, s.session, None)]
+    for v in views:
+        assert f"**{shown}**" in v.message and "<img" not in v.message and "**tower**" not in v.message
+    assert s.message.endswith("Vocabulary: 1 of 31 tokens (3%) of this query are unknown to the model's vocabulary "
+                              "([UNK]).") and tuple(s.unknown)[1:] == (1, 31)
+
+
+@pytest.fixture(scope="module")
+def echo_workspace(tiny_model):
+    """A corpus holding the query itself: each query vector's best match is its own copy (similarity 1),
+    so the query's [SEP] best-matches the passage's [SEP]."""
+    docs = [Document("same", QUERY, "en"), Document("d1", "the river of the city", "en"),
+            Document("d2", "music and science", "en")]
+    return build_workspace(tiny_model, "tiny", Corpus("echo", docs), use_cache=False, show_progress=False)
+
+
+def test_maxsim_view_marks_special_tokens(echo_workspace):
+    ws = echo_workspace
+    s = cb.search(ws, QUERY, "dense", top_k=3)
+    v = cb.maxsim_view(ws, s.session, "same")
+    words = QUERY.split()
+    assert v.alignment.query_tokens == words + ["[SEP]"] and v.alignment.query_is_special == [False] * 7 + [True]
+    np.testing.assert_array_equal(v.alignment.best, np.arange(8))
+    assert list(v.table["query token"]) == words + ["[SEP] (special)", "s_mul (sum)"]
+    assert list(v.table["best passage token"]) == words + ["[SEP] (special)", ""]
+    assert "\n\n1 of the 8 query vectors best-matches a special token of the passage ([SEP]): " in v.message
+    assert cb.SPECIAL_LEGEND in v.message
+    heat = v.figure.data[0]
+    assert list(heat.y) == [f"{i}:{t}" for i, t in enumerate(words)] + ["7:[SEP] (special)"]
+    assert list(heat.x) == list(heat.y)
+    # another passage: no best match on its [SEP] is claimed unless there is one
+    other = cb.maxsim_view(ws, s.session, "d2")
+    n_special = sum(other.alignment.passage_is_special[j] for j in other.alignment.best)
+    assert ("best-match" in other.message) == (n_special > 0)
+    assert list(other.table["query token"])[-2] == "[SEP] (special)"
+
+
+def test_sparse_view_marks_special_tokens(echo_workspace):
+    ws = echo_workspace
+    s = cb.search(ws, QUERY, "dense", top_k=3)
+    v = cb.sparse_view(ws, s.session, "same")
+    sep = ws.model.tokenizer.sep_token_id
+    assert v.match.is_special == [t == sep for t in v.match.token_ids] and sum(v.match.is_special) == 1
+    assert list(v.table["token"]) == [t + " (special)" if f else t for t, f in
+                                      zip(v.match.tokens, v.match.is_special)] + ["s_lex (sum)"]
+    assert "[SEP] (special)" in list(v.table["token"])
+    assert "8 shared token(s) (1 of them special)" in v.message and cb.SPECIAL_LEGEND in v.message
+    for fig in (v.query_figure, v.passage_figure, v.match_figure):
+        labels = list(fig.data[0].y)
+        assert "[SEP] (special)" in labels and "[SEP]" not in labels
+        assert sum(lab.endswith(" (special)") for lab in labels) == 1
+
+
+@pytest.fixture(scope="module")
+def xlmr_workspace(tiny_xlmr_dir):
+    docs = [Document("same", "who built the tower", "en"), Document("d1", "the river of the city", "en"),
+            Document("d2", "music and science", "en")]
+    return build_workspace(load_model(str(tiny_xlmr_dir)), "tiny-xlmr", Corpus("echo", docs), use_cache=False,
+                           show_progress=False)
+
+
+def test_xlmr_special_tokens_are_marked_and_escaped_in_figures(xlmr_workspace):
+    """XLM-R's </s>: no lexical weight (bge-m3 drops eos), but a MaxSim position; Plotly would read
+    "</s>" as a closing strikethrough tag, so the figures get it escaped."""
+    ws = xlmr_workspace
+    s = cb.search(ws, "who built the tower", "dense", top_k=3)
+    m = cb.maxsim_view(ws, s.session, "same")
+    assert list(m.table["query token"]) == ["▁who", "▁built", "▁the", "▁tower", "</s> (special)", "s_mul (sum)"]
+    assert "\n\n1 of the 5 query vectors best-matches a special token of the passage (&lt;/s&gt;): " in m.message
+    heat = m.figure.data[0]
+    assert list(heat.y) == ["0:▁who", "1:▁built", "2:▁the", "3:▁tower", "4:&lt;/s&gt; (special)"]
+    assert list(heat.x) == list(heat.y)
+    sp = cb.sparse_view(ws, s.session, "same")
+    assert sp.match.tokens == [t for t in sp.match.tokens if t != "</s>"] and not any(sp.match.is_special)
+    assert not any(t.endswith("(special)") for t in sp.table["token"]) and cb.SPECIAL_LEGEND not in sp.message
+    # an XLM-R query's unknown words, escaped
+    u = cb.search(ws, "the <b>zebra</b>", "dense", top_k=2)
+    assert u.message.endswith("⚠️ **1 of 2 tokens (50%) of this query are unknown to the model's vocabulary "
+                              "(&lt;unk&gt;)**: its scores mean little for this language / script. "
+                              "Unknown: “&lt;b&gt;zebra&lt;/b&gt;”.")
+    c = cb.compare(ws, "who built the tower", "who built the tower")
+    assert list(c.maxsim_figure.data[0].y)[-1] == "4:&lt;/s&gt; (special)" and cb.SPECIAL_LEGEND in c.message
 
 
 # ----------------------------------------------------------------------------- Projection

@@ -554,7 +554,11 @@ def test_flagembedding_output_form(model):
 
 def test_default_resolves_to_the_shipped_model():
     from m3lab.modeling import resolve_model_path
+    from m3lab.modeling.hub import DELTA_FILE, saved_base
 
-    shipped = Path(__file__).resolve().parents[1] / "data" / "models" / "m3lab-minilm"
-    assert (shipped / "config.json").is_file()
+    shipped = Path(__file__).resolve().parents[1] / "data" / "models" / "m3lab-e5-small"
     assert Path(resolve_model_path("default")) == shipped
+    # stored as what training changed on top of the e5-small backbone (issue 13, item 4)
+    assert saved_base(shipped) == "e5-small" and (shipped / DELTA_FILE).is_file()
+    size = sum(p.stat().st_size for p in shipped.rglob("*") if p.is_file())
+    assert size < 50 * 2**20, f"the shipped model takes {size / 2**20:.1f} MiB"

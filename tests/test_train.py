@@ -441,7 +441,7 @@ def test_config_errors_name_the_file_and_the_key(tmp_path):
         return path
 
     ok = {"train_files": ["t.jsonl"]}
-    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'learnig_rate' \(did you mean 'learning_rate'\?\)"):
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'learnig_rate' \(did you mean 'learning_rate'( or 'head_learning_rate')?\?\)"):
         load_config(write({**ok, "learnig_rate": 1e-5}))
     with pytest.raises(ConfigError, match=r"c\.yaml: unknown key 'stages\.1\.freez' \(did you mean 'freeze'\?\)"):
         load_config(write({**ok, "stages": [{"name": "a"}, {"name": "b", "freez": ["encoder"]}]}))

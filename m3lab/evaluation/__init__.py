@@ -13,9 +13,12 @@ from .retrieval import (
            RETRIEVAL_MODES,
            check_modes,
            evaluate_retrieval,
+           positive_scores,
            retrieval_metrics,
+           top1_rates,
 )
 
 __all__ = ["evaluate_retrieval", "evaluate_bitext", "bitext_scores", "retrieval_metrics", "check_modes",
+           "top1_rates", "positive_scores",
            "load_dataset", "dataset_kind", "dataset_languages", "check_languages", "format_table", "METRICS",
            "RETRIEVAL_MODES", "BITEXT_MODES", "DEFAULT_TATOEBA", "DATASETS"]

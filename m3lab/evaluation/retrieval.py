@@ -17,7 +17,7 @@ from ir_measures import RR, R, nDCG
 
 from .. import scoring
 from ..data import RetrievalDataset
-from ..modeling import M3Model
+from ..modeling import M3Model, score_encoded
 from ..retrieval.bm25 import (
     BM25_MODES,
     BM25Index,
@@ -130,3 +130,36 @@ def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | None, dataset: Re
                       "seconds": round(time.perf_counter() - t0, 2)}
     return [{**base, "mode": m, **results[m], "n_queries": len(queries), "n_documents": len(dataset.corpus)}
             for m in modes]
+
+
+def top1_rates(index: CorpusIndex, dataset: RetrievalDataset, *, mode: str = "hybrid",
+               weights: Sequence[float] = scoring.DEFAULT_WEIGHTS,
+               group_of=lambda doc_id: doc_id.split("/")[0]) -> dict[str, dict[str, float]]:
+    """Per query language: the share of queries whose first result is their relevant document
+    (``exact``) and the share whose first result is in the same group (``group``; for the mini
+    corpus, whose ids are ``topic/language``, the right topic in any language)."""
+    queries = [q for q in dataset.queries if dataset.qrels.get(q.id)]
+    encoded = index.encode_queries([q.text for q in queries], components=index.components_for(mode, weights))
+    first = index.rank(encoded, [mode], top_k=1, weights=weights)[mode].indices[:, 0]
+    out: dict[str, dict[str, list[bool]]] = {}
+    for q, i in zip(queries, first):
+        relevant = {d for d, v in dataset.qrels[q.id].items() if v > 0}
+        top = index.doc_ids[int(i)]
+        row = out.setdefault(q.language or "", {"exact": [], "group": []})
+        row["exact"].append(top in relevant)
+        row["group"].append(group_of(top) in {group_of(d) for d in relevant})
+    return {lang: {k: float(np.mean(v)) for k, v in row.items()} | {"n_queries": len(row["exact"])}
+            for lang, row in out.items()}
+
+
+def positive_scores(model: M3Model, dataset: RetrievalDataset, *, batch_size: int = 32) -> dict[str, float]:
+    """Mean dense, sparse and multi-vector score of each query with its relevant documents
+    (the scale the ensemble weights of eq. 5 act on)."""
+    queries = [q for q in dataset.queries if dataset.qrels.get(q.id)]
+    row_of = {d.id: i for i, d in enumerate(dataset.corpus)}
+    q = model.encode_queries([x.text for x in queries], batch_size=batch_size, show_progress=False)
+    p = model.encode_corpus([document_text(d) for d in dataset.corpus], batch_size=batch_size, show_progress=False)
+    s = score_encoded(q, p, weights=(1.0, 1.0, 1.0))
+    pairs = [(i, row_of[d]) for i, x in enumerate(queries) for d, v in dataset.qrels[x.id].items() if v > 0]
+    rows, cols = np.array(pairs).T
+    return {k: float(np.asarray(getattr(s, k))[rows, cols].mean()) for k in ("dense", "sparse", "colbert")}

@@ -107,9 +107,9 @@ def describe_model(model) -> str:
     heads = "trained sparse and multi-vector heads"
     if not model.heads_trained:
         heads = "UNTRAINED sparse and multi-vector heads (as initialised by m3lab.modeling.init_heads)"
-        if model.name_or_path in ("default", "minilm"):
-            heads += (": only its dense vectors are meaningful until the trained default ships in "
-                      "data/models/m3lab-minilm")
+        if model.name_or_path in ("e5-small", "minilm"):
+            heads += (": only its dense vectors are meaningful; the trained default model is "
+                      "M3Model.from_pretrained('default')")
     where = model.encoder.config.name_or_path or model.name_or_path
     return (f"{model.name_or_path!r} -> {where} | {model.encoder.config.model_type}, d={model.hidden_size}, "
             f"{model.encoder.config.num_hidden_layers} layers, {n_params / 1e6:.1f}M parameters, "

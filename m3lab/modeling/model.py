@@ -32,7 +32,10 @@ from .hub import (
     CONFIG_FILE,
     DEFAULT_MAX_LENGTHS,
     DEFAULT_PROMPTS,
+    DELTA_FILE,
     SPARSE_FILE,
+    apply_encoder_delta,
+    saved_base,
     _cpu_float_state,
     _detect_pooling,
     _download_from_hub,
@@ -137,7 +140,8 @@ class M3Model(nn.Module):
         """Load an encoder directory or hub id, with bge-m3 heads if it has them.
 
         ``name_or_path``: a local directory, a Hugging Face hub id (needs network), or a
-        short name (``"default"``, ``"minilm"``). ``pooling``: ``"cls"`` (bge-m3) or
+        short name (``"default"``, ``"e5-small"``, ``"minilm"``; :data:`m3lab.modeling.hub.SHORT_NAMES`),
+        or a delta directory written by :meth:`save_delta`. ``pooling``: ``"cls"`` (bge-m3) or
         ``"mean"`` (sentence-transformers models); ``None`` takes the checkpoint's own
         setting (``m3lab_config.json``, else sentence-transformers' pooling config, else CLS).
         ``device`` defaults to CUDA when available; ``dtype`` to float16 on CUDA, float32 else.
@@ -152,15 +156,19 @@ class M3Model(nn.Module):
         path = Path(resolve_model_path(name_or_path))
         if not path.is_dir():
             path = Path(_download_from_hub(str(path)))
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} is not a Hugging Face model directory (no config.json)")
+        base = saved_base(path)  # a delta checkpoint: the base's encoder and tokenizer, then what training changed
+        encoder_path = Path(resolve_model_path(base)) if base is not None else path
+        if not (encoder_path / "config.json").is_file():
+            raise FileNotFoundError(f"{encoder_path} is not a Hugging Face model directory (no config.json)")
         device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if dtype is None:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
         pooling = pooling or _detect_pooling(path)
 
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-        encoder = AutoModel.from_pretrained(str(path), dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(encoder_path))
+        encoder = AutoModel.from_pretrained(str(encoder_path), dtype=torch.float32)
+        if base is not None:
+            apply_encoder_delta(encoder, path)
         d = encoder.config.hidden_size
         colbert_linear, sparse_linear = nn.Linear(d, d), nn.Linear(d, 1)
         has_heads = (path / COLBERT_FILE).is_file() and (path / SPARSE_FILE).is_file()
@@ -199,6 +207,34 @@ class M3Model(nn.Module):
         return path
 
     # ------------------------------------------------------------------ properties
+    def save_delta(self, path: str | os.PathLike, base: str, *, dtype: torch.dtype = torch.float16) -> Path:
+        """Write only what differs from ``base`` (a short name or directory): a small, shippable checkpoint.
+
+        ``encoder_delta.safetensors`` holds the encoder tensors that differ from the base's
+        (in ``dtype``), beside the two heads (float32) and m3lab_config.json, which names
+        ``base``. :meth:`from_pretrained` rebuilds the model from the base plus these;
+        :meth:`save_pretrained` of it writes the complete bge-m3 layout again.
+        """
+        from safetensors.torch import save_file
+        from transformers import AutoModel
+
+        base_state = AutoModel.from_pretrained(resolve_model_path(base), dtype=torch.float32).state_dict()
+        ours = self.encoder.state_dict()
+        if set(base_state) != set(ours):
+            raise ValueError(f"the encoder's weights are not those of {base!r}: "
+                             f"{sorted(set(base_state) ^ set(ours))[:5]} differ")
+        changed = {k: v.detach().to("cpu", dtype).contiguous() for k, v in ours.items()
+                   if not torch.equal(v.detach().cpu().float(), base_state[k].float())}
+        path = Path(path)
+        with atomic_directory(path) as tmp:
+            save_file(changed, str(tmp / DELTA_FILE), metadata={"base": base})
+            torch.save(_cpu_float_state(self.colbert_linear), tmp / COLBERT_FILE)
+            torch.save(_cpu_float_state(self.sparse_linear), tmp / SPARSE_FILE)
+            write_json(tmp / CONFIG_FILE, {"pooling": self.pooling, "format": "m3lab-delta", "base": base,
+                                           "colbert_dim": self.colbert_linear.out_features,
+                                           "prompts": dict(self.prompts), "max_lengths": dict(self.max_lengths)})
+        return path
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -268,14 +304,33 @@ class M3Model(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                cls_mask: torch.Tensor | None = None) -> M3Embeddings:
-        """All three representations of a padded batch (differentiable)."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+                cls_mask: torch.Tensor | None = None, lower_states: torch.Tensor | None = None,
+                lower_layers: int = 0) -> M3Embeddings:
+        """All three representations of a padded batch (differentiable).
+
+        With ``lower_states`` (the output of :meth:`lower_states` for the same batch and
+        ``lower_layers``) only the encoder layers above ``lower_layers`` run: training with
+        frozen, cached lower layers (``frozen_layers`` in :class:`m3lab.training.TrainConfig`).
+        """
+        if lower_states is None:
+            hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            hidden = run_layers(self.encoder, lower_states, attention_mask, start=lower_layers)
         dense = dense_embedding(hidden, attention_mask, self.pooling, cls_mask)
         weights = sparse_token_weights(hidden, self.sparse_linear, input_ids, self.drop_ids.to(input_ids.device))
         colbert, colbert_mask = colbert_embedding(hidden, attention_mask, self.colbert_linear, cls_mask)
         return M3Embeddings(dense=dense, token_weights=weights, input_ids=input_ids,
                             colbert=colbert, colbert_mask=colbert_mask)
+
+    @torch.no_grad()
+    def lower_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: int) -> torch.Tensor:
+        """The hidden states after the embeddings and the first ``layers`` encoder layers (no grad).
+
+        ``forward(..., lower_states=..., lower_layers=layers)`` continues from them; in eval
+        mode the two paths give the encoder's own output.
+        """
+        hidden = self.encoder.embeddings(input_ids=input_ids)
+        return run_layers(self.encoder, hidden, attention_mask, start=0, stop=layers)
 
     # ------------------------------------------------------------------ inference
     def encode(self, texts: str | Sequence[str], *, batch_size: int = 32, max_length: int = 512,
@@ -383,6 +438,30 @@ class M3Model(nn.Module):
     def __repr__(self) -> str:
         return (f"M3Model({self.name_or_path!r}, pooling={self.pooling!r}, d={self.hidden_size}, "
                 f"heads_trained={self.heads_trained})")
+
+
+def encoder_layers(encoder: nn.Module) -> nn.ModuleList:
+    """The transformer layers of a BERT/XLM-R-style Hugging Face encoder (``encoder.encoder.layer``)."""
+    layers = getattr(getattr(encoder, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(encoder).__name__} has no encoder.layer list: layer-wise forward "
+                         "(frozen_layers) supports BERT/XLM-R-style encoders")
+    return layers
+
+
+def run_layers(encoder: nn.Module, hidden: torch.Tensor, attention_mask: torch.Tensor, *,
+               start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Run layers ``start:stop`` of ``encoder`` on ``hidden`` with the padding mask the encoder itself builds."""
+    try:  # transformers >= 5: the same mask BertModel/XLMRobertaModel.forward builds
+        from transformers.masking_utils import create_bidirectional_mask
+
+        mask = create_bidirectional_mask(config=encoder.config, inputs_embeds=hidden, attention_mask=attention_mask)
+    except ImportError:  # transformers 4.x
+        mask = encoder.get_extended_attention_mask(attention_mask, attention_mask.shape)
+    for layer in encoder_layers(encoder)[start:stop]:
+        out = layer(hidden, mask)
+        hidden = out[0] if isinstance(out, tuple) else out
+    return hidden
 
 
 def score_encoded(q: EncodeOutput, p: EncodeOutput, *, weights: Sequence[float] = scoring.DEFAULT_WEIGHTS) -> ScoreOutput:

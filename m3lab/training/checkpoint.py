@@ -80,14 +80,15 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, config) -
     the saved step with the config's rate, warm-up and length. Unchanged settings give
     bit-identical values, so an exact resume stays exact.
     """
-    decay_group, no_decay_group = optimizer.param_groups
-    decay_group["weight_decay"] = config.weight_decay
-    for group in (decay_group, no_decay_group):
-        group.update(initial_lr=config.learning_rate, betas=tuple(config.adam_betas), eps=config.adam_eps)
-    scheduler.base_lrs = [config.learning_rate] * 2
+    # groups (make_optimizer): encoder decay / no decay, heads decay / no decay
+    rates = [config.learning_rate] * 2 + [config.head_learning_rate or config.learning_rate] * 2
+    for i, group in enumerate(optimizer.param_groups):
+        group.update(initial_lr=rates[i], betas=tuple(config.adam_betas), eps=config.adam_eps,
+                     weight_decay=config.weight_decay if i % 2 == 0 else 0.0)
+    scheduler.base_lrs = list(rates)
     step = scheduler.last_epoch
-    for group, schedule in zip(optimizer.param_groups, scheduler.lr_lambdas):
-        group["lr"] = config.learning_rate * schedule(step)
+    for group, rate, schedule in zip(optimizer.param_groups, rates, scheduler.lr_lambdas):
+        group["lr"] = rate * schedule(step)
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
 
 

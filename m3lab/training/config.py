@@ -96,6 +96,7 @@ class TrainConfig:
     batching: str = "plain"
     sub_batch_size: int = 32
     gradient_checkpointing: bool = False
+    frozen_layers: int = 0                   # embeddings + first N layers frozen in every stage, their outputs cached
     length_grouping: bool = True
     length_boundaries: list[int] | None = None  # None: the token ranges of Table 9
     drop_last: bool = False                  # drop each length group's last, short batch
@@ -103,6 +104,7 @@ class TrainConfig:
     cross_device_functions: list[str] = field(default_factory=lambda: ["dense"])  # gathered across processes
     # ---- optimisation
     learning_rate: float = 1e-5
+    head_learning_rate: float | None = None  # the sparse and multi-vector heads' rate; None: learning_rate
     weight_decay: float = 0.01
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     adam_eps: float = 1e-8
@@ -348,6 +350,13 @@ def validate(c: TrainConfig, where: str = "config") -> None:
     choice("negatives_policy", c.negatives_policy, NEGATIVES_POLICIES)
     choice("long_text_policy", c.long_text_policy, LONG_TEXT_POLICIES)
     choice("batching", c.batching, BATCHING)
+    if c.head_learning_rate is not None and c.head_learning_rate <= 0:
+        fail("head_learning_rate", f"must be > 0 (or null for learning_rate), got {c.head_learning_rate}")
+    if c.frozen_layers < 0:
+        fail("frozen_layers", f"must be >= 0, got {c.frozen_layers}")
+    if c.frozen_layers and (c.batching != "plain" or c.gradient_checkpointing):
+        fail("frozen_layers", "cached lower layers work with batching: plain and no gradient_checkpointing "
+                              f"(got batching: {c.batching}, gradient_checkpointing: {c.gradient_checkpointing})")
     choice("amp", c.amp, AMP)
     choice("loss_form", c.loss_form, LOSS_FORMS)
     choice("lr_scheduler", c.lr_scheduler, SCHEDULERS)

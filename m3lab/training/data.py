@@ -186,11 +186,13 @@ class TrainingData:
         return ex.query, passages, scores
 
     def batch(self, indices: Sequence[int], epoch: int, model: M3Model) -> dict[str, Any]:
-        """Padded query and passage tensors (B and B*group_size rows) for a micro-batch."""
+        """Padded query and passage tensors (B and B*group_size rows) for a micro-batch, and which
+        texts they hold (``q_rows``/``p_rows``: indices into ``query_ids``/``passage_ids``)."""
         groups = [self.group(i, epoch) for i in indices]
         q = model.collate([self.query_ids[g[0]] for g in groups])
         p = model.collate([self.passage_ids[j] for g in groups for j in g[1]])
         teacher = None
         if self.config.use_teacher_scores:
             teacher = torch.tensor([g[2] for g in groups], dtype=torch.float32)
-        return {"q": q, "p": p, "teacher_scores": teacher}
+        return {"q": q, "p": p, "teacher_scores": teacher,
+                "q_rows": [g[0] for g in groups], "p_rows": [j for g in groups for j in g[1]]}

@@ -53,15 +53,21 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def make_optimizer(model: M3Model, config: TrainConfig, total_steps: int):
-    """AdamW (no weight decay on biases and LayerNorms, as nanoGPT) and the warm-up schedule."""
+    """AdamW (no weight decay on biases and LayerNorms, as nanoGPT) and the warm-up schedule.
+
+    The two heads take ``head_learning_rate`` when it is set (a short run: the freshly
+    initialised heads need a larger step than the pretrained encoder), else ``learning_rate``.
+    """
     from transformers import get_constant_schedule_with_warmup, get_linear_schedule_with_warmup
 
     c = config
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": c.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=c.learning_rate, betas=tuple(c.adam_betas), eps=c.adam_eps)
+    heads = {id(p) for m in (model.sparse_linear, model.colbert_linear) for p in m.parameters()}
+    groups = []
+    for lr, is_head in ((c.learning_rate, False), (c.head_learning_rate or c.learning_rate, True)):
+        params = [p for p in model.parameters() if (id(p) in heads) == is_head]
+        groups += [{"params": [p for p in params if p.ndim >= 2], "weight_decay": c.weight_decay, "lr": lr},
+                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0, "lr": lr}]
+    optimizer = torch.optim.AdamW(groups, lr=c.learning_rate, betas=tuple(c.adam_betas), eps=c.adam_eps)
     warmup = c.warmup_steps if c.warmup_steps is not None else math.ceil(c.warmup_ratio * total_steps)
     scheduler = (get_linear_schedule_with_warmup(optimizer, warmup, total_steps) if c.lr_scheduler == "linear"
                  else get_constant_schedule_with_warmup(optimizer, warmup))

@@ -37,6 +37,7 @@ from .checkpoint import (STATE_FILE, _rng_state, _save_state, _seed_everything, 
                          find_resume, latest_checkpoint, prune_checkpoints)
 from .config import ConfigError, StageConfig, TrainConfig, load_config
 from .data import TrainingData
+from .frozen import LowerLayerCache, freeze_lower_layers
 from .monitor import CollapseMonitor, _JsonlLog, _truncate_log, _Window, data_summary, progress_postfix
 from .samplers import TABLE9_BOUNDARIES, LengthGroupedBatchSampler
 from .setup import amp_dtype, apply_freeze, make_optimizer, pick_device
@@ -107,6 +108,14 @@ class Trainer:
 
         self.data = TrainingData(c.train_files, self.model, c)
         self.model.prompts = dict(self.data.prompts)  # saved with every checkpoint: inference applies them
+        self.lower_cache = None
+        if c.frozen_layers:  # run the frozen lower layers once per text (m3lab.training.frozen)
+            freeze_lower_layers(self.model, c.frozen_layers)
+            self.lower_cache = {
+                "q": LowerLayerCache(self.model, self.data.query_ids, c.frozen_layers, desc="lower layers: queries",
+                                     progress=c.progress_bar and self.main),
+                "p": LowerLayerCache(self.model, self.data.passage_ids, c.frozen_layers,
+                                     desc="lower layers: passages", progress=c.progress_bar and self.main)}
         self.special_ids = torch.tensor(sorted(set(self.model.tokenizer.all_special_ids)), dtype=torch.long)
         self.sampler = self._make_sampler()
         self.batches_per_epoch = len(self.sampler)
@@ -234,6 +243,8 @@ class Trainer:
     def _enter_stage(self, stage: StageConfig) -> None:
         c = self.config
         apply_freeze(self.model, stage.freeze)
+        if self.config.frozen_layers:
+            freeze_lower_layers(self.model, self.config.frozen_layers)
         functions = stage.trained_functions
         common = dict(functions=functions, form=c.loss_form, temperature=c.temperature,
                       ensemble_weights=tuple(c.ensemble_weights), use_teacher_scores=c.use_teacher_scores,
@@ -264,6 +275,10 @@ class Trainer:
         batch = self.data.batch(indices, epoch, self.model)
         q_batch = {k: v.to(self.device) for k, v in batch["q"].items()}
         p_batch = {k: v.to(self.device) for k, v in batch["p"].items()}
+        if self.lower_cache is not None:
+            for side, b in (("q", q_batch), ("p", p_batch)):
+                b["lower_states"] = self.lower_cache[side].batch(batch[f"{side}_rows"]).to(self.device)
+                b["lower_layers"] = c.frozen_layers
         teacher = batch["teacher_scores"].to(self.device) if batch["teacher_scores"] is not None else None
         window.count_tokens(q_batch, p_batch)
         accumulation = 1.0 / c.gradient_accumulation_steps  # the step's gradient is the mean over micro-batches

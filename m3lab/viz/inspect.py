@@ -2,35 +2,106 @@
 
 Every number here is a term of a formula computed in :mod:`m3lab.scoring`: the lexical
 contributions sum to s_lex, the MaxSim contributions sum to s_mul.
+
+Token records flag the tokenizer's special tokens (``is_special``: ``<s>``, ``</s>``, ``<pad>``,
+``<unk>``, ``[CLS]``, ``[SEP]``, ...), and :func:`unknown_token_share` says how much of a text the
+vocabulary does not cover (its ``<unk>`` tokens), so a view can tell a word from a marker.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from ..modeling import EncodeOutput, M3Model
 
 
+def _tokenizer(model_or_tokenizer: M3Model | Any) -> Any:
+    return model_or_tokenizer.tokenizer if isinstance(model_or_tokenizer, M3Model) else model_or_tokenizer
+
+
+def special_token_ids(model_or_tokenizer: M3Model | Any) -> frozenset[int]:
+    """The ids of the tokenizer's special tokens: its ``all_special_ids`` (``<s>``, ``</s>``, ``<pad>``,
+    ``<unk>``, ``<mask>``, ``[CLS]``, ``[SEP]``, ...), or for a tokenizer without that list its
+    ``bos/eos/cls/sep/pad/unk/mask_token_id`` attributes."""
+    tok = _tokenizer(model_or_tokenizer)
+    ids = getattr(tok, "all_special_ids", None)
+    if ids is None:
+        ids = [getattr(tok, f"{n}_token_id", None) for n in ("bos", "eos", "cls", "sep", "pad", "unk", "mask")]
+    return frozenset(int(i) for i in ids if i is not None)
+
+
+class UnknownShare(NamedTuple):
+    """How much of a text the vocabulary misses: ``n_unknown`` of its ``n_tokens`` content tokens are
+    the unk token; ``share`` = n_unknown / n_tokens (0.0 for a text without content tokens)."""
+
+    share: float
+    n_unknown: int
+    n_tokens: int
+
+
+def _content_tokens(tok: Any, text: str) -> tuple[list[int], list[tuple[int, int]] | None, int | None]:
+    """The text's token ids without special tokens (the unk token kept), their character offsets
+    (``None`` without a fast tokenizer), and the unk id."""
+    unk = getattr(tok, "unk_token_id", None)
+    fast = bool(getattr(tok, "is_fast", False))
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=fast)
+    ids = [int(i) for i in enc["input_ids"]]
+    offsets = [tuple(o) for o in enc["offset_mapping"]] if fast else None
+    # text can spell a special token ("<s>", "[SEP]"): the tokenizer maps it to that id; it is no content
+    specials = special_token_ids(tok) - {unk}
+    keep = [k for k, i in enumerate(ids) if i not in specials]
+    return [ids[k] for k in keep], ([offsets[k] for k in keep] if offsets is not None else None), unk
+
+
+def unknown_token_share(model_or_tokenizer: M3Model | Any, text: str) -> UnknownShare:
+    """The share of ``text``'s content tokens (special tokens excluded) that are the tokenizer's unk token.
+
+    The text is tokenized as typed: without the model's query prompt and without truncation.
+    A high share means the vocabulary does not cover the text's language or script, so every
+    score of it compares mostly ``<unk>`` vectors. The count is in tokens, not characters:
+    WordPiece maps a whole unknown word to one ``[UNK]``, SentencePiece a run of unknown
+    characters to one ``<unk>``. A tokenizer without an unk token gives 0 unknown tokens.
+    """
+    ids, _, unk = _content_tokens(_tokenizer(model_or_tokenizer), text)
+    n_unknown = sum(i == unk for i in ids) if unk is not None else 0
+    return UnknownShare(n_unknown / len(ids) if ids else 0.0, n_unknown, len(ids))
+
+
+def unknown_pieces(model_or_tokenizer: M3Model | Any, text: str) -> list[str]:
+    """The pieces of ``text`` that became the unk token, in order (repeats kept), as in
+    :func:`unknown_token_share`; empty without a fast tokenizer (no character offsets)."""
+    ids, offsets, unk = _content_tokens(_tokenizer(model_or_tokenizer), text)
+    if unk is None or offsets is None:
+        return []
+    return [text[s:e] for i, (s, e) in zip(ids, offsets) if i == unk and e > s]
+
+
 @dataclass
 class TokenWeight:
+    """A token's lexical weight w_t; ``is_special``: one of the tokenizer's special tokens."""
+
     token_id: int
     token: str
     weight: float
+    is_special: bool = False
 
 
 def token_weights(model: M3Model, encoded: EncodeOutput, i: int = 0) -> list[TokenWeight]:
-    """Text ``i``'s lexical weights with their token strings, heaviest first."""
+    """Text ``i``'s lexical weights with their token strings, heaviest first, special tokens flagged."""
     if encoded.sparse is None:
         raise ValueError("encode with return_sparse=True to inspect token weights")
     items = sorted(encoded.sparse[i].items(), key=lambda kv: -kv[1])
     tokens = model.tokenizer.convert_ids_to_tokens([t for t, _ in items])
-    return [TokenWeight(t, s, float(w)) for (t, w), s in zip(items, tokens)]
+    special = special_token_ids(model)
+    return [TokenWeight(t, s, float(w), t in special) for (t, w), s in zip(items, tokens)]
 
 
 @dataclass
 class LexicalMatch:
-    """The shared tokens of a pair and their terms w_qt * w_pt; ``total`` is s_lex."""
+    """The shared tokens of a pair and their terms w_qt * w_pt; ``total`` is s_lex.
+    ``is_special[k]``: token k is one of the tokenizer's special tokens."""
 
     tokens: list[str]
     token_ids: list[int]
@@ -38,6 +109,7 @@ class LexicalMatch:
     passage_weights: np.ndarray
     contributions: np.ndarray
     total: float
+    is_special: list[bool] = field(default_factory=list)
 
 
 def lexical_match(model: M3Model, query: EncodeOutput, passage: EncodeOutput, qi: int = 0, pi: int = 0) -> LexicalMatch:
@@ -51,15 +123,18 @@ def lexical_match(model: M3Model, query: EncodeOutput, passage: EncodeOutput, qi
     contrib = q * p
     order = np.argsort(-contrib, kind="stable")
     ids = [shared[k] for k in order]
+    special = special_token_ids(model)
     return LexicalMatch(tokens=model.tokenizer.convert_ids_to_tokens(ids), token_ids=ids,
                         query_weights=q[order], passage_weights=p[order], contributions=contrib[order],
-                        total=float(contrib.sum()))
+                        total=float(contrib.sum()), is_special=[t in special for t in ids])
 
 
 @dataclass
 class MaxSimAlignment:
     """The MaxSim of one pair: ``similarity`` (query tokens x passage tokens), each query token's
-    ``best`` passage token, and its ``contributions`` max_j sim / N, which sum to ``total`` = s_mul."""
+    ``best`` passage token, and its ``contributions`` max_j sim / N, which sum to ``total`` = s_mul.
+    ``query_is_special`` / ``passage_is_special`` flag the tokenizer's special tokens (MaxSim keeps
+    them: every vector but the first, so a query token can match a passage's ``</s>``)."""
 
     query_tokens: list[str]
     passage_tokens: list[str]
@@ -67,6 +142,8 @@ class MaxSimAlignment:
     best: np.ndarray
     contributions: np.ndarray
     total: float
+    query_is_special: list[bool] = field(default_factory=list)
+    passage_is_special: list[bool] = field(default_factory=list)
 
 
 def maxsim_alignment(model: M3Model, query: EncodeOutput, passage: EncodeOutput, qi: int = 0, pi: int = 0) -> MaxSimAlignment:
@@ -84,6 +161,9 @@ def maxsim_alignment(model: M3Model, query: EncodeOutput, passage: EncodeOutput,
     pp, pm = pad_vectors([p])
     total = float(colbert_scores(qp, qm, pp, pm)[0, 0])
     tok = model.tokenizer.convert_ids_to_tokens
-    return MaxSimAlignment(query_tokens=tok(query.colbert_token_ids[qi].tolist()),
-                           passage_tokens=tok(passage.colbert_token_ids[pi].tolist()),
-                           similarity=sim, best=best, contributions=contributions.astype(np.float32), total=total)
+    q_ids, p_ids = query.colbert_token_ids[qi].tolist(), passage.colbert_token_ids[pi].tolist()
+    special = special_token_ids(model)
+    return MaxSimAlignment(query_tokens=tok(q_ids), passage_tokens=tok(p_ids),
+                           similarity=sim, best=best, contributions=contributions.astype(np.float32), total=total,
+                           query_is_special=[t in special for t in q_ids],
+                           passage_is_special=[t in special for t in p_ids])
