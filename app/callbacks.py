@@ -72,9 +72,9 @@ def md_text(text: str) -> str:
 
 
 def plot_label(token: str, special: bool = False) -> str:
-    """A token string as a Plotly label: HTML-escaped (Plotly reads ``<s>``, ``<b>``, ... as markup, so
-    ``</s>`` would vanish) and followed by :data:`SPECIAL_BADGE` if it is a special token."""
-    return html.escape(token) + (f" {SPECIAL_BADGE}" if special else "")
+    """A token string for a figure, followed by :data:`SPECIAL_BADGE` if it is a special token
+    (m3lab.viz.plots HTML-escapes every label it draws: Plotly would read ``</s>`` as markup)."""
+    return token + (f" {SPECIAL_BADGE}" if special else "")
 
 
 def _badge(token: str, special: bool) -> str:

@@ -147,9 +147,9 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
 
             # ------------------------------------------------------------ Model
             with gr.Tab("Model", id="model", elem_id="tab-model"):
-                gr.Markdown("`default` (the shipped m3lab model; the MiniLM backbone with untrained heads where it "
-                            "is absent), a local model directory, or a Hugging Face hub id such as `BAAI/bge-m3` "
-                            "(needs a connection). A model that fails to load leaves the current one serving.")
+                gr.Markdown("`default` (the shipped m3lab model: multilingual e5-small with trained M3 heads), "
+                            "`e5-small` or `minilm` (backbones with untrained heads), a local model directory, or a "
+                            "Hugging Face hub id such as `BAAI/bge-m3` (needs a connection). A model that fails to load leaves the current one serving.")
                 with gr.Row(equal_height=True):
                     model_name = gr.Textbox(label="Model", value=ws0.model_name, scale=5, elem_id="model-name")
                     model_btn = gr.Button("Load model", scale=1, elem_id="model-btn")

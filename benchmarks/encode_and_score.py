@@ -1,8 +1,9 @@
 """Encode and all-pairs scoring: m3lab vs FlagEmbedding's BGEM3FlagModel (issue 2, item 6).
 
 Corpus: XQuAD-en (240 paragraphs, 1190 questions) read from ``$M3LAB_DATA_DIR/xquad/xquad.en.json``.
-Checkpoint: the parity checkpoint (MiniLM-L6 backbone + seeded random heads in bge-m3 layout,
-``tests/reference/parity_checkpoint.py``), so both libraries run the same weights.
+Checkpoint (``--model``): the parity checkpoint (MiniLM-L6 backbone + seeded random heads in
+bge-m3 layout, ``tests/reference/parity_checkpoint.py``), or the shipped default model (e5-small
+M3, saved by m3lab in the full bge-m3 layout), so both libraries run the same weights.
 
 Measured in one process, same thread count for all, after a warm-up:
 
@@ -112,7 +113,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per contender (median reported)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads, the same for all")
     ap.add_argument("--sample-pairs", type=int, default=20_000, help="pairs timed for FlagEmbedding's pair loops")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "encode_and_score.md")
+    ap.add_argument("--model", choices=("parity", "default"), default="parity",
+                    help="parity: MiniLM + seeded random heads (CLS pooling); default: the shipped default model "
+                         "(e5-small M3, mean pooling), saved in the full bge-m3 layout so both libraries load it")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="markdown output (default: benchmarks/results/encode_and_score[_default].md)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data_dir = Path(os.environ.get("M3LAB_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -123,8 +128,14 @@ def main() -> None:
         BGEM3FlagModel = None
         print("FlagEmbedding is not installed: measuring m3lab and the bare forward pass only", file=sys.stderr)
 
+    if args.out is None:
+        args.out = ROOT / "benchmarks" / "results" / ("encode_and_score.md" if args.model == "parity"
+                                                      else "encode_and_score_default.md")
     tmp = tempfile.TemporaryDirectory()
-    ckpt = build_checkpoint(Path(tmp.name) / "ckpt")
+    if args.model == "parity":
+        ckpt, pooling = build_checkpoint(Path(tmp.name) / "ckpt"), "cls"
+    else:  # the same bytes for both: m3lab's full bge-m3 export of the default model
+        ckpt, pooling = M3Model.from_pretrained("default", device="cpu").save_pretrained(Path(tmp.name) / "ckpt"), "mean"
     m3 = M3Model.from_pretrained(ckpt, device="cpu", dtype=torch.float32)
     n_tokens = sum(len(x) for x in m3.tokenize(paragraphs + questions, max_length=MAX_LENGTH))
     M3, FLAG = "m3lab `M3Model.encode`", "FlagEmbedding `BGEM3FlagModel.encode`"
@@ -135,7 +146,7 @@ def main() -> None:
 
     contenders = {M3: run_m3}
     if BGEM3FlagModel is not None:
-        flag = BGEM3FlagModel(str(ckpt), use_fp16=False, pooling_method="cls", devices="cpu")
+        flag = BGEM3FlagModel(str(ckpt), use_fp16=False, pooling_method=pooling, devices="cpu")
         kw = {"batch_size": BATCH_SIZE, "max_length": MAX_LENGTH, "return_dense": True, "return_sparse": True,
               "return_colbert_vecs": True}
         contenders[FLAG] = lambda: (flag.encode(paragraphs, **kw), flag.encode(questions, **kw))
@@ -227,7 +238,9 @@ def main() -> None:
         from importlib.metadata import version
 
         versions["FlagEmbedding"] = version("FlagEmbedding")
-    header = (f"XQuAD-en, parity checkpoint (MiniLM-L6 + seeded random heads, bge-m3 layout), CPU "
+    which = ("parity checkpoint (MiniLM-L6 + seeded random heads, bge-m3 layout)" if args.model == "parity"
+             else "the default model (e5-small M3, saved in the full bge-m3 layout, mean pooling)")
+    header = (f"XQuAD-en, {which}, CPU "
               f"({os.cpu_count()} cores), {args.threads} torch threads for all, float32, batch size {BATCH_SIZE}, "
               f"max length {MAX_LENGTH}. Times: median of {args.repeats} runs after a warm-up (wall clock, and "
               f"the process's CPU time, which background load on a shared machine disturbs less). "

@@ -210,3 +210,12 @@ def test_training_and_evaluation_figures():
             {"language": "en", "mode": "sparse", "ndcg@10": 0.3}]
     fig = plots.metric_bars(rows)
     assert [(t.name, list(t.y)) for t in fig.data] == [("dense", [0.5, 0.4]), ("sparse", [0.3, None])]
+
+
+def test_token_labels_are_escaped_so_xlmr_specials_show():
+    """Plotly reads ``<s>`` as strike-through markup: every token label is HTML-escaped once."""
+    from m3lab.viz import plots
+    from m3lab.viz.inspect import TokenWeight
+
+    fig = plots.token_weight_bar([TokenWeight(0, "<s>", 0.5), TokenWeight(2, "</s>", 0.2), TokenWeight(7, "a&b", 0.1)])
+    assert list(fig.data[0].y) == ["a&amp;b", "&lt;/s&gt;", "&lt;s&gt;"]

@@ -14,11 +14,12 @@ from .retrieval import (
            check_modes,
            evaluate_retrieval,
            positive_scores,
+           ranking_changes,
            retrieval_metrics,
            top1_rates,
 )
 
 __all__ = ["evaluate_retrieval", "evaluate_bitext", "bitext_scores", "retrieval_metrics", "check_modes",
-           "top1_rates", "positive_scores",
+           "top1_rates", "positive_scores", "ranking_changes",
            "load_dataset", "dataset_kind", "dataset_languages", "check_languages", "format_table", "METRICS",
            "RETRIEVAL_MODES", "BITEXT_MODES", "DEFAULT_TATOEBA", "DATASETS"]

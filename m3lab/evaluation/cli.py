@@ -83,7 +83,7 @@ def _table(rows: Sequence[dict], metrics: dict[str, str]) -> str:
 def add_cli(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate retrieval (XQuAD, mini, BEIR) or bitext mining (Tatoeba)",
                        description="Evaluate a model; prints a markdown table and writes the results as JSON.")
-    p.add_argument("--model", default="default", help="model directory, hub id, 'default' or 'minilm' (default: default)")
+    p.add_argument("--model", default="default", help="model directory, hub id, or a short name: 'default', 'e5-small', 'minilm' (default: default)")
     p.add_argument("--dataset", default="xquad",
                    help="xquad, xquad-cross (questions vs the English paragraphs), tatoeba, xquad-long, mini or "
                         "beir:PATH (default: xquad)")

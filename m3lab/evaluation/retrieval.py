@@ -163,3 +163,15 @@ def positive_scores(model: M3Model, dataset: RetrievalDataset, *, batch_size: in
     pairs = [(i, row_of[d]) for i, x in enumerate(queries) for d, v in dataset.qrels[x.id].items() if v > 0]
     rows, cols = np.array(pairs).T
     return {k: float(np.asarray(getattr(s, k))[rows, cols].mean()) for k in ("dense", "sparse", "colbert")}
+
+
+def ranking_changes(index: CorpusIndex, dataset: RetrievalDataset, *,
+                    weights: Sequence[float] = (1.0, 0.3, 0.0)) -> dict[str, float]:
+    """How much the sparse term moves the ranking: the share of queries whose first result, and
+    whose top-10 set, under hybrid ``weights`` differ from dense alone (w_sparse = 0.3 by default)."""
+    queries = [q for q in dataset.queries if dataset.qrels.get(q.id)]
+    encoded = index.encode_queries([q.text for q in queries], components=("dense", "sparse"))
+    r = index.rank(encoded, ["dense", "hybrid"], top_k=10, weights=weights)
+    dense, hybrid = r["dense"].indices, r["hybrid"].indices
+    return {"top1_changed": float(np.mean(dense[:, 0] != hybrid[:, 0])),
+            "top10_changed": float(np.mean([set(a) != set(b) for a, b in zip(dense, hybrid)]))}

@@ -148,15 +148,15 @@ def maxsim_heatmap(alignment: MaxSimAlignment, *, max_passage_tokens: int | None
     cols = np.arange(n_p)
     if max_passage_tokens is not None and n_p > max_passage_tokens:
         cols = np.union1d(np.arange(max_passage_tokens), np.asarray(a.best))
-    x_labels = [f"{j}:{a.passage_tokens[j]}" for j in cols]
-    y_labels = [f"{i}:{t}" for i, t in enumerate(a.query_tokens)]
+    x_labels = [f"{j}:{token_label(a.passage_tokens[j])}" for j in cols]
+    y_labels = [f"{i}:{token_label(t)}" for i, t in enumerate(a.query_tokens)]
     sim = np.asarray(a.similarity)[:, cols]
     fig = make_subplots(rows=1, cols=2, shared_yaxes=True, column_widths=[0.8, 0.2], horizontal_spacing=0.02,
                         subplot_titles=("similarity of query and passage vectors", "contribution"))
     fig.add_trace(go.Heatmap(z=sim, x=x_labels, y=y_labels, colorscale="Viridis", zmin=float(min(0.0, sim.min())),
                              zmax=1.0, colorbar=dict(title="sim", x=1.0, xanchor="left", len=0.9, thickness=12),
                              hovertemplate="query %{y}<br>passage %{x}<br>sim %{z:.3f}<extra></extra>"), row=1, col=1)
-    best_x = [f"{j}:{a.passage_tokens[j]}" for j in np.asarray(a.best)]
+    best_x = [f"{j}:{token_label(a.passage_tokens[j])}" for j in np.asarray(a.best)]
     fig.add_trace(go.Scatter(x=best_x, y=y_labels, mode="markers", name="best match",
                              marker=dict(symbol="square-open", size=11, color="#E45756", line=dict(width=2)),
                              hovertemplate="best match of %{y}: %{x}<extra></extra>"), row=1, col=1)
@@ -311,12 +311,18 @@ def metric_bars(rows: Sequence[Mapping[str, Any]], *, x: str = "language", y: st
 
 # ----------------------------------------------------------------------------- helpers
 
+def token_label(token: str) -> str:
+    """A token as a Plotly label: HTML-escaped, since Plotly reads ``<s>``, ``<b>``, ... as markup
+    (XLM-R's ``<s>`` / ``</s>`` would vanish or strike the rest through)."""
+    return html.escape(str(token), quote=False)
+
+
 def _unique_labels(labels: Sequence[str]) -> list[str]:
     """Plotly merges equal category labels; number repeats so every bar keeps its own row."""
     seen: dict[str, int] = {}
     out = []
     for lab in labels:
-        lab = str(lab)
+        lab = token_label(lab)
         n = seen.get(lab, 0)
         seen[lab] = n + 1
         out.append(lab if n == 0 else f"{lab} ({n + 1})")
