@@ -92,6 +92,7 @@ m3lab[notebooks]) it runs them.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import copy
 import functools
@@ -103,6 +104,7 @@ import os
 import platform
 import re
 import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -145,7 +147,8 @@ NOTEBOOKS = ("03_efficient_batching.ipynb", "04_train_small_model.ipynb")
 NOTEBOOK_MODULES = ("nbclient", "nbformat", "ipykernel", "IPython", "plotly", "pandas", "yaml", "faiss",
                     "ir_measures", "pytrec_eval")
 DEFAULT_MODEL_DIR = ROOT / "data" / "models" / "m3lab-e5-small"
-#: dry-run encoder: tiny, but with a vocabulary that holds the default tokenizer's ids (30,522)
+#: dry-run encoder: tiny, with MiniLM's WordPiece vocabulary (30,522 ids): an XLM-R-sized embedding
+#: (250,002 rows) would make the CPU dry run's backward passes slow
 DRY_SHAPE = dict(ENCODER_SHAPES["tiny"], vocab_size=30_522)
 GiB = 2**30
 
@@ -268,10 +271,15 @@ class Shared:
         return self._random
 
     def default_tokenizer(self):
-        if self._default is None:  # the tokenizer that from_pretrained(default) loads
+        """The default model's XLM-R tokenizer (the e5-small backbone's), or MiniLM's for the dry run's
+        30,522-row tiny encoder: the random models' ids must fit their embedding."""
+        if self._default is None:
             from transformers import AutoTokenizer
 
-            self._default = AutoTokenizer.from_pretrained(default_model_path())
+            from m3lab.modeling import resolve_model_path
+
+            name = "minilm" if self.cfg["shape"]["vocab_size"] < 250_002 else "e5-small"
+            self._default = AutoTokenizer.from_pretrained(resolve_model_path(name))
         return self._default
 
 
@@ -286,6 +294,7 @@ def default_model_path() -> str:
     """
     if not _FULL_DEFAULT:
         full = Path(tempfile.mkdtemp(prefix="m3lab-default-"))
+        atexit.register(shutil.rmtree, full, ignore_errors=True)
         M3Model.from_pretrained(DEFAULT_MODEL_DIR, device="cpu").save_pretrained(full / "m3lab-e5-small")
         _FULL_DEFAULT.append(str(full / "m3lab-e5-small"))
     return _FULL_DEFAULT[0]
@@ -613,8 +622,10 @@ def run_throughput(cfg: dict, shared: Shared, device: torch.device, deadline: fl
 
     def models():
         """(label, checkpoint dir for FlagEmbedding or None, builder(dtype) -> M3Model)"""
-        path = default_model_path()
-        yield ("default model (m3lab-e5-small)", path, lambda dt: M3Model.from_pretrained(path, device=device, dtype=dt))
+        # FlagEmbedding needs the full bge-m3 export; m3lab loads the shipped delta directly
+        path = default_model_path() if flag_cls is not None else None
+        yield ("default model (m3lab-e5-small)", path,
+               lambda dt: M3Model.from_pretrained(DEFAULT_MODEL_DIR, device=device, dtype=dt))
 
         def random_model(dt):
             rnd = shared.random_model()
@@ -627,12 +638,13 @@ def run_throughput(cfg: dict, shared: Shared, device: torch.device, deadline: fl
     def flag_row(label: str, ckpt: str, dt_name: str, n_tokens: int) -> dict:
         row = {"model": label, "implementation": "FlagEmbedding BGEM3FlagModel.encode", "dtype": dt_name,
                "device": device_label(device)}
-        if flag_cls is None:
+        if flag_cls is None or ckpt is None:
             return {**row, "skipped": flag_why}
         if time.perf_counter() > deadline:
             return {**row, "skipped": "time limit"}
         try:
-            flag = flag_cls(ckpt, use_fp16=dt_name == "fp16", use_bf16=dt_name == "bf16", pooling_method="cls",
+            pooling = json.loads((Path(ckpt) / "m3lab_config.json").read_text()).get("pooling", "cls")
+            flag = flag_cls(ckpt, use_fp16=dt_name == "fp16", use_bf16=dt_name == "bf16", pooling_method=pooling,
                             devices="cuda:0" if device.type == "cuda" else "cpu")
             fkw = dict(**kw, return_dense=True, return_sparse=True, return_colbert_vecs=True)
             flag.encode(warm, **fkw)

@@ -1,10 +1,10 @@
-"""Build the training file of m3lab's default model (issue 6) from held-in splits only.
+"""Build the training file of m3lab's default model (issues 6, 13) from held-in splits only.
 
 XQuAD train articles (first 24 of 48) in all 12 languages, same-language and cross-lingual
 (X -> en, en -> X), and Tatoeba train pairs (both directions), with BM25 hard negatives.
 The XQuAD test articles and the Tatoeba test pairs are never read.
 
-    python scripts/build_default_training_data.py --out data/train/m3lab-minilm.jsonl
+    python scripts/build_default_training_data.py --out runs/data/m3lab-e5-small.jsonl
 """
 from __future__ import annotations
 

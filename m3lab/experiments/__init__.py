@@ -18,6 +18,7 @@ otherwise ``"gpu"`` when CUDA is available, else ``"cpu"``. ``M3LAB_PROFILE`` fo
 """
 from .analysis import (
                        gradient_flow,
+                       log_summary,
                        loss_terms,
                        parameter_groups,
                        per_query_metrics,

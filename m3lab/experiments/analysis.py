@@ -140,3 +140,34 @@ def xquad_answer_offsets(language: str, tokenizer, *, split: str = "all") -> dic
         p = paragraphs[positions[0]]
         out[qids[0]] = starts[(p.article, p.index)]
     return out
+
+
+def log_summary(path: str | os.PathLike) -> dict[str, Any]:
+    """What a training ``log.jsonl`` says about its run as a whole, for a table row.
+
+    ``{"examples", "steps", "stage_steps", "self_distill", "device", "finished", "logged_hours"}``:
+    the training examples and planned steps of the (first) ``start`` record, the steps the run
+    reached and each stage's self-distillation setting, whether an ``end`` record closes it,
+    and the hours its records span — the time between records, leaving out the pauses before a
+    ``resume`` (a stopped and resumed run counts only its running time). The trainer writes its
+    first record after its setup, so the setup (loading, e.g. the frozen-layer cache) is not in it.
+    """
+    import json
+
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                records.append(json.loads(line))
+    start = next((r for r in records if r.get("event") == "start"), {})
+    seconds = 0.0
+    for prev, rec in zip(records, records[1:]):
+        if rec.get("event") != "resume" and "time" in rec and "time" in prev:
+            seconds += max(0.0, rec["time"] - prev["time"])
+    self_distill = {}
+    for r in records:
+        if r.get("event") == "stage":
+            self_distill.setdefault(r.get("stage"), bool(r.get("self_distill")))
+    return {"examples": start.get("examples"), "steps": max((r.get("step", 0) for r in records), default=0),
+            "stage_steps": start.get("stage_steps"), "self_distill": self_distill, "device": start.get("device"),
+            "finished": any(r.get("event") == "end" for r in records), "logged_hours": round(seconds / 3600, 2)}

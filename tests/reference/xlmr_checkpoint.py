@@ -30,9 +30,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+# the same digests as the training checkpoint's (names, shapes, dtypes, bytes of every tensor)
+from training_checkpoint import encoder_digest, heads_digest  # noqa: E402,F401
 
 SEED = 20240216
 HIDDEN = 32
@@ -114,30 +119,6 @@ def build_xlmr_checkpoint(path: str | Path, tokenizer_dir: str | Path, seed: int
     torch.save(colbert, path / "colbert_linear.pt")
     torch.save(sparse, path / "sparse_linear.pt")
     return path
-
-
-def _tensor_digest(h, prefix: str, state: dict[str, torch.Tensor]) -> None:
-    for k in sorted(state):
-        t = state[k]
-        h.update(f"{prefix}:{k}:{tuple(t.shape)}:{t.dtype}".encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-
-
-def encoder_digest(path: str | Path) -> str:
-    """sha256 over the encoder's tensors as stored (names, shapes, dtypes, bytes; not the file's metadata)."""
-    from safetensors.torch import load_file
-
-    h = hashlib.sha256()
-    _tensor_digest(h, "encoder", load_file(str(Path(path) / "model.safetensors")))
-    return h.hexdigest()
-
-
-def heads_digest(path: str | Path) -> str:
-    """sha256 over the two head files' tensors."""
-    h = hashlib.sha256()
-    for name in ("colbert_linear.pt", "sparse_linear.pt"):
-        _tensor_digest(h, name, torch.load(Path(path) / name, map_location="cpu", weights_only=True))
-    return h.hexdigest()
 
 
 def tokenizer_digests(path: str | Path) -> dict[str, str]:
