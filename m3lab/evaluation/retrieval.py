@@ -72,6 +72,11 @@ def check_modes(modes: Sequence[str], allowed: Sequence[str] = RETRIEVAL_MODES) 
     return modes
 
 
+def judged_queries(dataset: RetrievalDataset) -> list:
+    """The queries with at least one relevant document (the others are left out, as MTEB does)."""
+    return [q for q in dataset.queries if any(v > 0 for v in dataset.qrels.get(q.id, {}).values())]
+
+
 def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | None, dataset: RetrievalDataset,
                        modes: Sequence[str] = INDEX_MODES, *, top_k: int = 100,
                        weights: Sequence[float] = scoring.DEFAULT_WEIGHTS, candidates: int = 100,
@@ -88,7 +93,7 @@ def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | None, dataset: Re
     "n_queries", "n_documents", "seconds"}``.
     """
     modes = check_modes(modes)
-    queries = [q for q in dataset.queries if any(v > 0 for v in dataset.qrels.get(q.id, {}).values())]
+    queries = judged_queries(dataset)
     if not queries:
         raise ValueError(f"dataset {dataset.name!r} has no query with a relevant document")
     qrels = {q.id: dataset.qrels[q.id] for q in queries}
@@ -138,7 +143,7 @@ def top1_rates(index: CorpusIndex, dataset: RetrievalDataset, *, mode: str = "hy
     """Per query language: the share of queries whose first result is their relevant document
     (``exact``) and the share whose first result is in the same group (``group``; for the mini
     corpus, whose ids are ``topic/language``, the right topic in any language)."""
-    queries = [q for q in dataset.queries if dataset.qrels.get(q.id)]
+    queries = judged_queries(dataset)
     encoded = index.encode_queries([q.text for q in queries], components=index.components_for(mode, weights))
     first = index.rank(encoded, [mode], top_k=1, weights=weights)[mode].indices[:, 0]
     out: dict[str, dict[str, list[bool]]] = {}
@@ -155,7 +160,7 @@ def top1_rates(index: CorpusIndex, dataset: RetrievalDataset, *, mode: str = "hy
 def positive_scores(model: M3Model, dataset: RetrievalDataset, *, batch_size: int = 32) -> dict[str, float]:
     """Mean dense, sparse and multi-vector score of each query with its relevant documents
     (the scale the ensemble weights of eq. 5 act on)."""
-    queries = [q for q in dataset.queries if dataset.qrels.get(q.id)]
+    queries = judged_queries(dataset)
     row_of = {d.id: i for i, d in enumerate(dataset.corpus)}
     q = model.encode_queries([x.text for x in queries], batch_size=batch_size, show_progress=False)
     p = model.encode_corpus([document_text(d) for d in dataset.corpus], batch_size=batch_size, show_progress=False)
@@ -169,7 +174,7 @@ def ranking_changes(index: CorpusIndex, dataset: RetrievalDataset, *,
                     weights: Sequence[float] = (1.0, 0.3, 0.0)) -> dict[str, float]:
     """How much the sparse term moves the ranking: the share of queries whose first result, and
     whose top-10 set, under hybrid ``weights`` differ from dense alone (w_sparse = 0.3 by default)."""
-    queries = [q for q in dataset.queries if dataset.qrels.get(q.id)]
+    queries = judged_queries(dataset)
     encoded = index.encode_queries([q.text for q in queries], components=("dense", "sparse"))
     r = index.rank(encoded, ["dense", "hybrid"], top_k=10, weights=weights)
     dense, hybrid = r["dense"].indices, r["hybrid"].indices

@@ -199,14 +199,17 @@ class M3Model(nn.Module):
                          for k, v in encoder.state_dict().items()}
             encoder.save_pretrained(str(tmp), state_dict=state, safe_serialization=True)
             self.tokenizer.save_pretrained(str(tmp))
-            torch.save(_cpu_float_state(self.colbert_linear), tmp / COLBERT_FILE)
-            torch.save(_cpu_float_state(self.sparse_linear), tmp / SPARSE_FILE)
-            write_json(tmp / CONFIG_FILE, {"pooling": self.pooling, "format": "bge-m3",
-                                           "colbert_dim": self.colbert_linear.out_features,
-                                           "prompts": dict(self.prompts), "max_lengths": dict(self.max_lengths)})
+            self._save_heads_and_settings(tmp, format="bge-m3")
         return path
 
-    # ------------------------------------------------------------------ properties
+    def _save_heads_and_settings(self, folder: Path, **record) -> None:
+        """The two head files (float32) and m3lab_config.json (pooling, prompts, max lengths, ``record``)."""
+        torch.save(_cpu_float_state(self.colbert_linear), folder / COLBERT_FILE)
+        torch.save(_cpu_float_state(self.sparse_linear), folder / SPARSE_FILE)
+        write_json(folder / CONFIG_FILE, {"pooling": self.pooling, **record,
+                                          "colbert_dim": self.colbert_linear.out_features,
+                                          "prompts": dict(self.prompts), "max_lengths": dict(self.max_lengths)})
+
     def save_delta(self, path: str | os.PathLike, base: str, *, dtype: torch.dtype = torch.float16) -> Path:
         """Write only what differs from ``base`` (a short name or directory): a small, shippable checkpoint.
 
@@ -228,13 +231,10 @@ class M3Model(nn.Module):
         path = Path(path)
         with atomic_directory(path) as tmp:
             save_file(changed, str(tmp / DELTA_FILE), metadata={"base": base})
-            torch.save(_cpu_float_state(self.colbert_linear), tmp / COLBERT_FILE)
-            torch.save(_cpu_float_state(self.sparse_linear), tmp / SPARSE_FILE)
-            write_json(tmp / CONFIG_FILE, {"pooling": self.pooling, "format": "m3lab-delta", "base": base,
-                                           "colbert_dim": self.colbert_linear.out_features,
-                                           "prompts": dict(self.prompts), "max_lengths": dict(self.max_lengths)})
+            self._save_heads_and_settings(tmp, format="m3lab-delta", base=base)
         return path
 
+    # ------------------------------------------------------------------ properties
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -38,7 +38,6 @@ class LowerLayerCache:
 
     def __init__(self, model: M3Model, ids: Sequence[Sequence[int]], layers: int, *, batch_size: int = 32,
                  desc: str = "lower layers", progress: bool = True):
-        self.layers = layers
         self.states: list[torch.Tensor] = [torch.empty(0)] * len(ids)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # length-sorted: little padding
         was_training = model.training
@@ -55,13 +54,6 @@ class LowerLayerCache:
                     bar.update(sum(len(ids[i]) for i in rows))
         finally:
             model.train(was_training)
-
-    def __len__(self) -> int:
-        return len(self.states)
-
-    @property
-    def nbytes(self) -> int:
-        return sum(s.numel() * s.element_size() for s in self.states)
 
     def batch(self, rows: Sequence[int]) -> torch.Tensor:
         """``(len(rows), longest, hidden)`` states, zero-padded on the right."""
