@@ -178,6 +178,46 @@ def test_two_processes_reproduce_the_single_process_gradient():
     assert np.abs(local["grad"] - single["grad"]).max() > 1e-3  # without the gather: another gradient
 
 
+def _fake_torchrun(monkeypatch, failures: list[str]):
+    """subprocess.run for launch_cross_device: the first launches fail with the given stderr,
+    later ones run for real."""
+    import subprocess
+
+    real, calls = subprocess.run, []
+
+    def run(cmd, **kw):
+        calls.append(cmd)
+        if len(calls) <= len(failures):
+            return subprocess.CompletedProcess(cmd, 1, stdout="", stderr=failures[len(calls) - 1])
+        return real(cmd, **kw)
+
+    monkeypatch.setattr(subprocess, "run", run)
+    return calls
+
+
+ABORT = "terminate called without an active exception\n  traceback : Signal 6 (SIGABRT) received by PID 1\n"
+
+
+@pytest.mark.slow
+def test_launch_is_retried_once_after_a_worker_is_killed_by_a_signal(monkeypatch):
+    kw = dict(n_queries=4, group_size=2, length=16)
+    calls = _fake_torchrun(monkeypatch, [ABORT])
+    with pytest.warns(RuntimeWarning, match="(?s)retrying the launch once.*SIGABRT"):
+        launched = ex.launch_cross_device(2, **kw)
+    assert len(calls) == 2 and calls[0][5] != calls[1][5]  # a fresh --master_port
+    np.testing.assert_allclose(launched["gathered"]["grad"], ex.cross_device_gradients(**kw)["grad"], rtol=1e-4, atol=1e-5)
+
+
+def test_launch_fails_on_a_second_abort_or_any_other_error(monkeypatch):
+    _fake_torchrun(monkeypatch, [ABORT, ABORT])
+    with pytest.warns(RuntimeWarning), pytest.raises(RuntimeError, match=r"exit 1; result not written"):
+        ex.launch_cross_device(2, n_queries=4)
+    calls = _fake_torchrun(monkeypatch, ["ValueError: n_queries=3 must be divisible"])
+    with pytest.raises(RuntimeError, match="must be divisible"):
+        ex.launch_cross_device(2, n_queries=3)
+    assert len(calls) == 1
+
+
 # ----------------------------------------------------------------------------- evaluation helpers
 
 def test_per_query_metrics_average_to_evaluate_retrieval(tiny):
