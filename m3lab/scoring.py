@@ -221,8 +221,11 @@ def colbert_scores_chunked(queries: Sequence[np.ndarray], passages: Sequence[np.
     if n_q == 0 or n_p == 0:
         return out
     q_order = np.argsort([len(v) for v in queries], kind="stable")
-    p_order = np.argsort([len(v) for v in passages], kind="stable")
-    p_lens = np.array([max(len(passages[i]), 1) for i in p_order])
+    # a store that dequantises on access (retrieval.compression.Int8Vectors) says its lengths
+    lengths = getattr(passages, "lengths", None)
+    lengths = np.asarray([len(v) for v in passages] if lengths is None else lengths)
+    p_order = np.argsort(lengths, kind="stable")
+    p_lens = np.maximum(lengths[p_order], 1)
     with torch.inference_mode():
         qs = 0
         while qs < n_q:

@@ -46,7 +46,8 @@ def mini():
 
 @pytest.fixture(scope="module")
 def index(tiny_m3, mini):
-    return CorpusIndex.build(tiny_m3, mini.corpus, max_length=128, show_progress=False)
+    # float32 multi-vectors, so that every score can be compared with brute force at float32 rounding
+    return CorpusIndex.build(tiny_m3, mini.corpus, max_length=128, colbert_dtype="float32", show_progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -279,10 +280,10 @@ def test_approximate_dense_indexes(tiny_m3, mini, index, tmp_path):
     np.testing.assert_array_equal(loaded.rank(q, ["dense"], top_k=5)["dense"].indices, got.indices)
 
 
-def test_float16_multivectors(tiny_m3, mini, index):
-    half = CorpusIndex.build(tiny_m3, mini.corpus, max_length=128, store=("colbert",), colbert_dtype="float16",
-                             show_progress=False)
-    assert half.colbert_vectors.dtype == np.float16
+def test_float16_multivectors_are_the_default(tiny_m3, mini, index):
+    half = CorpusIndex.build(tiny_m3, mini.corpus, max_length=128, store=("colbert",), show_progress=False)
+    assert half.colbert_vectors.dtype == np.float16 and half.settings["colbert_dtype"] == "float16"
+    assert half.nbytes()["colbert"] - 8 * (len(half) + 1) == index.nbytes()["colbert"] // 2 - 4 * (len(half) + 1)
     q = index.encode_queries(QUERIES)
     a = index.rank(q, ["colbert"], top_k=5)["colbert"]
     b = half.rank(q, ["colbert"], top_k=5)["colbert"]

@@ -169,7 +169,7 @@ def run_eval(args: argparse.Namespace) -> int:
                     store = sorted({c for m in index_modes for c in mode_functions(m, weights)})
                     indexes[key] = CorpusIndex.build(model, data.corpus, max_length=args.max_length,
                                                      batch_size=args.batch_size, dense_index=args.dense_index,
-                                                     store=store, mcls=args.mcls)
+                                                     store=store, mcls=args.mcls, colbert_dtype="float32")
                 target = indexes[key]
             rows = evaluate_retrieval(target, data, modes, top_k=args.top_k, weights=weights,
                                       candidates=args.candidates, max_length=args.max_length,

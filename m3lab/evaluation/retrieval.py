@@ -113,7 +113,8 @@ def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | None, dataset: Re
         components = sorted({c for m in index_modes for c in mode_functions(m, weights)})
         if index is None:
             index = CorpusIndex.build(model, dataset.corpus, max_length=max_length, batch_size=batch_size,
-                                      dense_index=dense_index, store=components, mcls=mcls, show_progress=show_progress)
+                                      dense_index=dense_index, store=components, mcls=mcls,
+                                      colbert_dtype="float32", show_progress=show_progress)  # exact reference scores
         elif corpus_fingerprint(index.documents) != corpus_fingerprint(dataset.corpus):
             raise ValueError(f"the index holds another corpus than dataset {dataset.name!r} "
                              f"({len(index)} vs {len(dataset.corpus)} documents)")

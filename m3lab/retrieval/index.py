@@ -11,9 +11,14 @@ Storage, one structure per function:
 * sparse: the corpus lexical weights as an (n, vocab) CSR matrix and its transpose, the inverted
   index (vocab, n), so a batch of queries is scored by one sparse product;
 * multi-vector: every document's vectors in one contiguous (total tokens, d') array with
-  ``offsets`` (n + 1): document ``i`` owns rows ``offsets[i]:offsets[i+1]``.
+  ``offsets`` (n + 1): document ``i`` owns rows ``offsets[i]:offsets[i+1]``; float16 by default,
+  float32, or int8 codes with a per-vector scale, optionally token-pooled
+  (:mod:`m3lab.retrieval.compression`);
+* optionally, MUVERA fixed-dimensional encodings of the multi-vectors (:mod:`m3lab.retrieval.muvera`)
+  in a faiss inner-product index: the ``colbert`` mode's first stage, whose candidates exact
+  MaxSim then reranks.
 
-Retrieval modes: ``dense``, ``sparse``, ``colbert`` (exhaustive MaxSim, for small corpora) and
+Retrieval modes: ``dense``, ``sparse``, ``colbert`` (exhaustive MaxSim, or MUVERA candidates reranked) and
 ``hybrid`` as the paper does it: candidates from dense top-k and sparse top-k, reranked by
 s_rank = w1 s_dense + w2 s_lex + w3 s_mul. Every score is computed by :mod:`m3lab.scoring`.
 
@@ -42,6 +47,8 @@ from .. import __version__, scoring
 from .._io import atomic_directory, write_json
 from ..data.records import Document, unique_ids
 from ..modeling import EncodeOutput, M3Model, check_texts
+from . import muvera as fde
+from .compression import COLBERT_DTYPES, Int8Vectors, pool_tokens, quantize_int8
 from .ranker import (
     Ranking,
     SearchResult,
@@ -75,7 +82,8 @@ DOCUMENTS = "documents.jsonl"
 
 
 _FILES = {"dense": "dense.npy", "faiss": "dense.faiss", "sparse": "sparse.npz",
-          "colbert_vectors": "colbert_vectors.npy", "colbert_offsets": "colbert_offsets.npy"}
+          "colbert_vectors": "colbert_vectors.npy", "colbert_offsets": "colbert_offsets.npy",
+          "colbert_scales": "colbert_scales.npy", "muvera": "muvera_fde.npy"}
 
 
 _SCORE_BLOCK = 1 << 24  # floats per (queries x documents) block of dense/sparse scores (64 MB)
@@ -163,7 +171,8 @@ class CorpusIndex:
     def __init__(self, model: M3Model, documents: list[Document], *, settings: dict,
                  dense: np.ndarray | None = None, dense_index: faiss.Index | None = None,
                  sparse: sp.csr_matrix | None = None, colbert_vectors: np.ndarray | None = None,
-                 colbert_offsets: np.ndarray | None = None, fingerprint: str | None = None):
+                 colbert_offsets: np.ndarray | None = None, colbert_scales: np.ndarray | None = None,
+                 muvera_fde: np.ndarray | None = None, fingerprint: str | None = None):
         self.model = model
         self.documents = documents
         self.settings = settings
@@ -174,6 +183,13 @@ class CorpusIndex:
         self.inverted = sparse.T.tocsr() if sparse is not None else None
         self.colbert_vectors = colbert_vectors
         self.colbert_offsets = colbert_offsets
+        self.colbert_scales = colbert_scales  # int8 storage: one float32 scale per vector
+        self.muvera_fde = muvera_fde
+        self.muvera_config = fde.FDEConfig.from_dict(settings["muvera"]) if settings.get("muvera") else None
+        self.muvera_index = None
+        if muvera_fde is not None:
+            self.muvera_index = faiss.IndexFlatIP(muvera_fde.shape[1])
+            self.muvera_index.add(np.ascontiguousarray(muvera_fde, dtype=np.float32))
         self.fingerprint = fingerprint or model_fingerprint(model)
         self._doc_views: list[np.ndarray] | None = None
 
@@ -181,15 +197,21 @@ class CorpusIndex:
     @classmethod
     def build(cls, model: M3Model, documents: Iterable[Document | str], *, max_length: int | None = None,
               batch_size: int = 32, dense_index: str = "flat", store: Sequence[str] = STORES,
-              colbert_dtype: str = "float32", mcls: bool = False, with_titles: bool = True,
+              colbert_dtype: str = "float16", pool_factor: int = 1,
+              muvera: bool | dict | fde.FDEConfig | None = None, mcls: bool = False, with_titles: bool = True,
               ivf_nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
               show_progress: bool = True) -> CorpusIndex:
         """Encode ``documents`` with ``model`` and index them.
 
         ``store``: which functions to keep (all three by default); ``dense_index``: ``"flat"``
         (exact inner product), ``"ivf"`` (inverted lists, ``ivf_nlist`` clusters, ``nprobe``
-        probed) or ``"hnsw"`` (graph with ``hnsw_m`` links); ``colbert_dtype``: ``"float16"``
-        halves the multi-vector memory (scores are computed in float32). ``mcls`` encodes the
+        probed) or ``"hnsw"`` (graph with ``hnsw_m`` links); ``colbert_dtype``: how multi-vectors
+        are stored, ``"float16"`` (default, half of float32), ``"float32"`` or ``"int8"`` (a scale
+        per vector, a quarter; scores are always computed in float32); ``pool_factor`` > 1 pools each
+        document's vectors to 1/``pool_factor`` of their number (:func:`compression.pool_tokens`);
+        ``muvera``: ``True`` (:func:`default_muvera_config`), a dict of :class:`muvera.FDEConfig`
+        fields or a config makes MUVERA encodings of the (pooled, unquantised) multi-vectors the
+        ``colbert`` mode's first stage. ``mcls`` encodes the
         documents with a [CLS] every 256 tokens (appendix B.2). Documents are encoded with
         :meth:`M3Model.encode_corpus` (the model's passage prompt; ``max_length`` defaults to
         its passage max length), longest first in chunks, under one progress bar.
@@ -200,8 +222,13 @@ class CorpusIndex:
             raise ValueError(f"store must be a non-empty subset of {STORES}, got {store}")
         if dense_index not in DENSE_INDEXES:
             raise ValueError(f"dense_index must be one of {DENSE_INDEXES}, got {dense_index!r}")
-        if colbert_dtype not in ("float32", "float16"):
-            raise ValueError(f"colbert_dtype must be 'float32' or 'float16', got {colbert_dtype!r}")
+        if colbert_dtype not in COLBERT_DTYPES:
+            raise ValueError(f"colbert_dtype must be one of {COLBERT_DTYPES}, got {colbert_dtype!r}")
+        if isinstance(pool_factor, bool) or not isinstance(pool_factor, (int, np.integer)) or pool_factor < 1:
+            raise ValueError(f"pool_factor must be an integer >= 1, got {pool_factor!r}")
+        muvera_config = _muvera_config(muvera, model.colbert_linear.out_features) if muvera else None
+        if (pool_factor > 1 or muvera_config) and "colbert" not in store:
+            raise ValueError("pool_factor and muvera apply to multi-vectors: add 'colbert' to store")
         max_length = model.max_lengths["passage"] if max_length is None else max_length
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}")
@@ -215,6 +242,7 @@ class CorpusIndex:
         dense = np.zeros((n, model.hidden_size), dtype=np.float32) if "dense" in store else None
         sparse_parts: list[sp.csr_matrix] = []
         colbert: list[np.ndarray | None] = [None] * n
+        muvera_fde = np.zeros((n, muvera_config.output_dimension), dtype=np.float32) if muvera_config else None
         bar = tqdm(total=n, desc="index", unit="doc", disable=not show_progress)
         for start in range(0, n, chunk):
             idx = order[start:start + chunk]
@@ -226,8 +254,11 @@ class CorpusIndex:
             if "sparse" in store:
                 sparse_parts.append(out.sparse_csr.astype(np.float32))
             if "colbert" in store:
+                vecs = [pool_tokens(v, int(pool_factor)) for v in out.colbert]
+                if muvera_fde is not None:
+                    muvera_fde[idx] = fde.encode_documents(vecs, muvera_config)
                 for row, i in enumerate(idx):
-                    colbert[i] = out.colbert[row].astype(colbert_dtype, copy=False)
+                    colbert[i] = vecs[row].astype(np.float32 if colbert_dtype == "int8" else colbert_dtype, copy=False)
             bar.update(len(idx))
         bar.close()
 
@@ -236,23 +267,29 @@ class CorpusIndex:
             stacked = sp.vstack(sparse_parts, format="csr")
             sparse = stacked[np.argsort(order, kind="stable")]  # back to document order
             sparse.sort_indices()
-        vectors = offsets = None
+        vectors = offsets = scales = None
         if "colbert" in store:
             offsets = np.zeros(n + 1, dtype=np.int64)
             offsets[1:] = np.cumsum([len(c) for c in colbert])
             vectors = np.empty((int(offsets[-1]), colbert[0].shape[1] if n else 0), dtype=colbert_dtype)
+            scales = np.empty(len(vectors), dtype=np.float32) if colbert_dtype == "int8" else None
             for i in range(n):  # copy into the contiguous array, freeing each piece as we go
-                vectors[offsets[i]:offsets[i + 1]] = colbert[i]
+                a, b = offsets[i], offsets[i + 1]
+                if scales is None:
+                    vectors[a:b] = colbert[i]
+                else:
+                    vectors[a:b], scales[a:b] = quantize_int8(colbert[i])
                 colbert[i] = None
 
         settings = {"max_length": int(max_length), "mcls": bool(mcls), "with_titles": bool(with_titles),
                     "store": list(store), "dense_index": dense_index, "ivf_nlist": ivf_nlist, "nprobe": int(nprobe),
-                    "hnsw_m": int(hnsw_m), "colbert_dtype": colbert_dtype}
+                    "hnsw_m": int(hnsw_m), "colbert_dtype": colbert_dtype, "pool_factor": int(pool_factor),
+                    "muvera": muvera_config.to_dict() if muvera_config else None}
         faiss_index = None
         if dense is not None:
             faiss_index, settings["ivf_nlist"] = _build_faiss(dense, dense_index, ivf_nlist, nprobe, hnsw_m)
         return cls(model, docs, settings=settings, dense=dense, dense_index=faiss_index, sparse=sparse,
-                   colbert_vectors=vectors, colbert_offsets=offsets)
+                   colbert_vectors=vectors, colbert_offsets=offsets, colbert_scales=scales, muvera_fde=muvera_fde)
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:
@@ -274,15 +311,43 @@ class CorpusIndex:
         return (f"CorpusIndex({len(self)} documents, model={self.model.name_or_path!r}, store={self.stored}, "
                 f"dense_index={self.settings['dense_index']!r}, max_length={self.max_length})")
 
-    def document_vectors(self, i: int) -> np.ndarray:
-        """The multi-vector embedding of document ``i`` (a view into the contiguous array)."""
-        self._require("colbert")
-        return self.colbert_vectors[self.colbert_offsets[i]:self.colbert_offsets[i + 1]]
+    def nbytes(self) -> dict[str, int]:
+        """Bytes each stored structure takes in memory (what :meth:`info` and the benchmarks report)."""
+        out = {}
+        if self.dense is not None:
+            out["dense"] = int(self.dense.nbytes)
+        if self.sparse is not None:
+            out["sparse"] = int(self.sparse.data.nbytes + self.sparse.indices.nbytes + self.sparse.indptr.nbytes)
+        if self.colbert_vectors is not None:
+            out["colbert"] = int(self.colbert_vectors.nbytes + self.colbert_offsets.nbytes
+                                 + (self.colbert_scales.nbytes if self.colbert_scales is not None else 0))
+        if self.muvera_fde is not None:
+            out["muvera"] = int(self.muvera_fde.nbytes)
+        return out
 
-    def _views(self) -> list[np.ndarray]:
+    def info(self) -> dict:
+        """The index spec and sizes: documents, stored functions, settings, bytes per structure and per document."""
+        sizes = self.nbytes()
+        out = {"documents": len(self), "model": self.model.name_or_path, "store": list(self.stored),
+               "settings": dict(self.settings), "bytes": sizes,
+               "bytes_per_document": {k: v / max(len(self), 1) for k, v in sizes.items()}}
+        if self.colbert_offsets is not None:
+            out["vectors_per_document"] = float(self.colbert_offsets[-1]) / max(len(self), 1)
+        return out
+
+    def document_vectors(self, i: int) -> np.ndarray:
+        """The multi-vector embedding of document ``i``: a view into the contiguous array, dequantised
+        to float32 for an int8 index."""
+        self._require("colbert")
+        return self._views()[i]
+
+    def _views(self) -> Sequence[np.ndarray]:
         if self._doc_views is None:
             o = self.colbert_offsets
-            self._doc_views = [self.colbert_vectors[o[i]:o[i + 1]] for i in range(len(self))]
+            if self.colbert_scales is not None:
+                self._doc_views = Int8Vectors(self.colbert_vectors, self.colbert_scales, o)
+            else:
+                self._doc_views = [self.colbert_vectors[o[i]:o[i + 1]] for i in range(len(self))]
         return self._doc_views
 
     def _require(self, component: str) -> None:
@@ -315,7 +380,8 @@ class CorpusIndex:
                max_length: int | None = None) -> list[SearchResult] | list[list[SearchResult]]:
         """Retrieve the ``top_k`` documents for one query (a list of results) or a batch (a list of lists).
 
-        ``mode``: ``dense``, ``sparse``, ``colbert`` (exhaustive MaxSim) or ``hybrid`` (candidates =
+        ``mode``: ``dense``, ``sparse``, ``colbert`` (exhaustive MaxSim; with a MUVERA index, MaxSim of
+        the MUVERA top-``candidates``) or ``hybrid`` (candidates =
         dense top-``candidates`` ∪ sparse top-``candidates``, reranked by w1·dense + w2·sparse +
         w3·colbert with ``weights``). Queries are encoded with the index's ``max_length`` unless given.
         """
@@ -410,6 +476,10 @@ class CorpusIndex:
             if self.colbert_vectors is not None:
                 arrays["colbert_vectors"] = self._save_array(tmp, "colbert_vectors", self.colbert_vectors)
                 arrays["colbert_offsets"] = self._save_array(tmp, "colbert_offsets", self.colbert_offsets)
+                if self.colbert_scales is not None:
+                    arrays["colbert_scales"] = self._save_array(tmp, "colbert_scales", self.colbert_scales)
+            if self.muvera_fde is not None:
+                arrays["muvera"] = self._save_array(tmp, "muvera", self.muvera_fde)
             files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256_file(p)} for p in sorted(tmp.iterdir())}
             write_json(tmp / MANIFEST, {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "m3lab_version": __version__,
@@ -497,7 +567,7 @@ class CorpusIndex:
         arrays, settings = manifest["arrays"], manifest["settings"]
         store = tuple(settings["store"])
         n = len(documents)
-        dense = faiss_index = sparse = vectors = offsets = None
+        dense = faiss_index = sparse = vectors = offsets = scales = muvera_fde = None
         if "dense" in store:
             dense = _load_array(path, arrays, "dense", (n, None))
             if settings.get("dense_index", "flat") == "flat":
@@ -518,8 +588,41 @@ class CorpusIndex:
             if offsets[0] != 0 or offsets[-1] != len(vectors) or np.any(np.diff(offsets) < 0):
                 raise CorruptIndexError(f"{path / _FILES['colbert_offsets']}: offsets do not partition the "
                                         f"{len(vectors)} multi-vector rows")
+            if settings.get("colbert_dtype") == "int8":
+                scales = _load_array(path, arrays, "colbert_scales", (len(vectors),))
+            if str(vectors.dtype) != settings.get("colbert_dtype", str(vectors.dtype)):
+                raise CorruptIndexError(f"{path / _FILES['colbert_vectors']}: {vectors.dtype}, the manifest's "
+                                        f"settings say colbert_dtype {settings.get('colbert_dtype')!r}")
+            if settings.get("muvera"):
+                try:
+                    dim = fde.FDEConfig.from_dict(settings["muvera"]).output_dimension
+                except (TypeError, ValueError) as err:
+                    raise CorruptIndexError(f"{path / MANIFEST}: field 'settings.muvera' is not an FDE config "
+                                            f"({err})") from None
+                muvera_fde = _load_array(path, arrays, "muvera", (n, dim))
         return cls(model, documents, settings=settings, dense=dense, dense_index=faiss_index, sparse=sparse,
-                   colbert_vectors=vectors, colbert_offsets=offsets, fingerprint=fingerprint)
+                   colbert_vectors=vectors, colbert_offsets=offsets, colbert_scales=scales, muvera_fde=muvera_fde,
+                   fingerprint=fingerprint)
+
+
+def default_muvera_config(dimension: int, **changes) -> fde.FDEConfig:
+    """The MUVERA paper's retrieval setting (section 4: k_sim = 5, d_proj = 16, R_reps = 20, fill of
+    empty partitions, seed 42): ``20 x 32 x 16 = 10,240`` dimensions, for vectors of ``dimension``."""
+    base = dict(dimension=dimension, num_repetitions=20, num_simhash_projections=5, projection_type="ams_sketch",
+                projection_dimension=16, fill_empty_partitions=True, seed=42)
+    return fde.FDEConfig(**{**base, **changes})
+
+
+def _muvera_config(muvera: bool | dict | fde.FDEConfig, dimension: int) -> fde.FDEConfig:
+    if muvera is True:
+        return default_muvera_config(dimension)
+    if isinstance(muvera, dict):
+        return default_muvera_config(dimension, **muvera)
+    if isinstance(muvera, fde.FDEConfig):
+        if muvera.dimension != dimension:
+            raise ValueError(f"muvera config has dimension {muvera.dimension}, the model's multi-vectors {dimension}")
+        return muvera
+    raise TypeError(f"muvera must be True, a dict of FDEConfig fields or an FDEConfig, got {type(muvera).__name__}")
 
 
 def _build_faiss(dense: np.ndarray, kind: str, nlist: int | None, nprobe: int, hnsw_m: int

@@ -1,6 +1,7 @@
 """Ranking an index's documents for encoded queries: each mode of section 3.2, every score from :mod:`m3lab.scoring`.
 
 ``dense`` (faiss candidates, rescored), ``sparse`` (the inverted index), ``colbert`` (exhaustive
+MaxSim, or, in an index built with ``muvera``, the MUVERA top-``candidates`` reranked by exact
 MaxSim) and ``hybrid``: candidates from dense top-k and sparse top-k, reranked by
 s_rank = w1 s_dense + w2 s_lex + w3 s_mul. Storage lives in :mod:`m3lab.retrieval.index`.
 """
@@ -132,6 +133,16 @@ class _BlockScorer:
         ids, scores = np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
         return ids, scores
 
+    def muvera_candidates(self, k: int) -> np.ndarray:
+        """The ``k`` documents whose MUVERA FDE has the largest inner product with each query's FDE
+        (MUVERA section 3: the FDE inner product approximates Chamfer similarity = s_mul up to 1/n_q)."""
+        from . import muvera
+
+        ix = self.index
+        q_fde = muvera.encode_queries([np.asarray(v, dtype=np.float32) for v in self.q.colbert], ix.muvera_config)
+        _, ids = ix.muvera_index.search(q_fde, min(k, len(ix)))
+        return ids.astype(np.int64)
+
     def rank(self, mode: str, top_k: int, weights: tuple[float, float, float], candidates: int) -> Ranking:
         if mode == "dense":
             idx, s = self.dense_candidates(top_k)
@@ -140,7 +151,14 @@ class _BlockScorer:
             idx, s = _top_k(self.full("sparse"), top_k, positive=True)  # no shared token -> not retrieved
             return Ranking(idx, s, sparse=s)
         if mode == "colbert":
-            idx, s = _top_k(self.full("colbert"), top_k)
+            if self.index.muvera_index is None:
+                idx, s = _top_k(self.full("colbert"), top_k)
+                return Ranking(idx, s, colbert=s)
+            cand = self.muvera_candidates(candidates)
+            exact = self.pairs("colbert", cand)  # MaxSim of the candidates only
+            order = np.lexsort((np.where(cand >= 0, cand, len(self.index)),
+                                np.where(cand >= 0, -exact, np.inf)), axis=1)[:, :top_k]
+            idx, s = np.take_along_axis(cand, order, axis=1), np.take_along_axis(exact, order, axis=1)
             return Ranking(idx, s, colbert=s)
         # hybrid (section 3.2): candidates from dense and from sparse, reranked by the weighted sum
         stored = self.index.stored
