@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from m3lab import scoring
-from m3lab.data import load_mini
 from m3lab.retrieval import CorpusIndex, CorruptIndexError
 from m3lab.retrieval import muvera as fde
 from m3lab.retrieval.compression import (
@@ -20,17 +19,7 @@ from m3lab.retrieval.compression import (
     pool_tokens,
     quantize_int8,
 )
-from test_index import QUERIES, make_tiny_m3
-
-
-@pytest.fixture(scope="module")
-def tiny_m3(tmp_path_factory, tiny_bert_dir):
-    return make_tiny_m3(tmp_path_factory.mktemp("tiny-m3"), tiny_bert_dir)
-
-
-@pytest.fixture(scope="module")
-def mini():
-    return load_mini("en")
+from test_index import QUERIES, mini, tiny_m3  # noqa: F401 - test_index's fixtures, shared
 
 
 @pytest.fixture(scope="module")
