@@ -254,7 +254,7 @@ class CorpusIndex:
             if "sparse" in store:
                 sparse_parts.append(out.sparse_csr.astype(np.float32))
             if "colbert" in store:
-                vecs = [pool_tokens(v, int(pool_factor)) for v in out.colbert]
+                vecs = [pool_tokens(v, int(pool_factor)) for v in out.colbert] if pool_factor > 1 else out.colbert
                 if muvera_fde is not None:
                     muvera_fde[idx] = fde.encode_documents(vecs, muvera_config)
                 for row, i in enumerate(idx):

@@ -128,10 +128,7 @@ class _BlockScorer:
         _, ids = self.index.dense_index.search(np.ascontiguousarray(self.q.dense, dtype=np.float32),
                                                min(n, k + 16))
         ids = ids.astype(np.int64)
-        scores = self.pairs("dense", ids)
-        order = np.lexsort((np.where(ids >= 0, ids, n), np.where(ids >= 0, -scores, np.inf)), axis=1)[:, :k]
-        ids, scores = np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
-        return ids, scores
+        return _best_first(ids, self.pairs("dense", ids), k)
 
     def muvera_candidates(self, k: int) -> np.ndarray:
         """The ``k`` documents whose MUVERA FDE has the largest inner product with each query's FDE
@@ -155,10 +152,7 @@ class _BlockScorer:
                 idx, s = _top_k(self.full("colbert"), top_k)
                 return Ranking(idx, s, colbert=s)
             cand = self.muvera_candidates(candidates)
-            exact = self.pairs("colbert", cand)  # MaxSim of the candidates only
-            order = np.lexsort((np.where(cand >= 0, cand, len(self.index)),
-                                np.where(cand >= 0, -exact, np.inf)), axis=1)[:, :top_k]
-            idx, s = np.take_along_axis(cand, order, axis=1), np.take_along_axis(exact, order, axis=1)
+            idx, s = _best_first(cand, self.pairs("colbert", cand), top_k)  # MaxSim of the candidates only
             return Ranking(idx, s, colbert=s)
         # hybrid (section 3.2): candidates from dense and from sparse, reranked by the weighted sum
         stored = self.index.stored
@@ -208,6 +202,14 @@ def _maxsim_one_query(q: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
             p = torch.from_numpy(np.ascontiguousarray(d, dtype=np.float32))[None]
             out[i] = scoring.colbert_scores(qt, q_mask, p, torch.ones(p.shape[:2], dtype=torch.bool))[0, 0]
     return out
+
+
+def _best_first(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Candidates ``ids`` (``-1`` = none, placed last) ordered by their ``scores``, ties by lower
+    document index, cut to ``k`` per row."""
+    valid = ids >= 0
+    order = np.lexsort((np.where(valid, ids, np.iinfo(np.int64).max), np.where(valid, -scores, np.inf)), axis=1)[:, :k]
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
 
 
 def _top_k(scores: np.ndarray, k: int, *, positive: bool = False) -> tuple[np.ndarray, np.ndarray]:
