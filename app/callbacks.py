@@ -34,7 +34,9 @@ from m3lab.viz.inspect import (LexicalMatch, MaxSimAlignment, TokenWeight, Unkno
 from m3lab.modeling import EncodeOutput, resolve_model_path, score_encoded
 
 from .corpora import MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, UploadError, load_builtin, upload_corpus
-from .state import MODEL_LOCK, AppState, Workspace, build_workspace, dense_of, load_model
+from m3lab.retrieval.spec import describe_spec
+
+from .state import MODEL_LOCK, AppState, Workspace, build_workspace, dense_of, index_size, load_model
 
 logger = logging.getLogger("m3lab.app")
 
@@ -499,8 +501,8 @@ def _switched(state: AppState, message: str) -> SwitchView:
     return SwitchView(message, ws.describe(), corpus_preview(ws), ws.corpus.groupings)
 
 
-def _swap_in(state: AppState, model, model_name: str, corpus, progress: Progress) -> Workspace:
-    ws = build_workspace(model, model_name, corpus, progress=progress)
+def _swap_in(state: AppState, model, model_name: str, corpus, progress: Progress, spec: str | None = None) -> Workspace:
+    ws = build_workspace(model, model_name, corpus, progress=progress, spec=spec or state.workspace.spec)
     state.swap(ws)
     state.warm_up()
     return ws
@@ -534,6 +536,32 @@ def load_uploaded_corpus(state: AppState, file: str | Path | None, progress: Pro
         except (UploadError, DataError, OSError, ValueError, UnicodeError) as err:
             return _switched(state, _error(f"{err}. The previous corpus is still loaded."))
     return _switched(state, f"Loaded **{ws.corpus.name}**: {len(ws.index)} documents.")
+
+
+def apply_index_spec(state: AppState, spec: str, progress: Progress = None) -> SwitchView:
+    """Re-index the current corpus with another index storage (:mod:`m3lab.retrieval.spec`); on
+    failure the current index stays."""
+    spec = (spec or "").strip() or "default"
+    with state.switch_lock:
+        try:
+            ws = _swap_in(state, state.workspace.model, state.workspace.model_name, state.workspace.corpus,
+                          progress, spec=spec)
+        except (DataError, OSError, ValueError) as err:
+            return _switched(state, _error(f"Could not use index storage {spec!r}: {err}. The previous index is "
+                                           "still loaded."))
+    return _switched(state, f"Index storage **{html.escape(spec)}**: {index_size(ws.index)} "
+                            f"({'from cache' if ws.from_cache else 'built'}).")
+
+
+def index_spec_table(ws: Workspace) -> pd.DataFrame:
+    """The current index's storage, per function: what is stored and its bytes per document."""
+    info = ws.index.info()
+    rows = [["spec", describe_spec(ws.index.settings)], ["documents", f"{info['documents']:,}"]]
+    rows += [[f"{k} bytes / document", f"{v:,.0f}"] for k, v in info["bytes_per_document"].items()]
+    if "vectors_per_document" in info:
+        rows.append(["multi-vectors / document", f"{info['vectors_per_document']:.1f}"])
+    rows.append(["total", index_size(ws.index)])
+    return pd.DataFrame(rows, columns=["property", "value"])
 
 
 def load_model_view(state: AppState, name: str, progress: Progress = None) -> SwitchView:

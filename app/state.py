@@ -25,6 +25,7 @@ import platformdirs
 
 from m3lab.data import DataError, Document
 from m3lab.retrieval import CorpusIndex, CorruptIndexError, ModelMismatchError, corpus_fingerprint, model_fingerprint
+from m3lab.retrieval.spec import parse_index_spec
 from m3lab.modeling import M3Model
 from m3lab.viz.projection import Projection, fit_projection
 
@@ -60,6 +61,7 @@ class Workspace:
     key: str
     from_cache: bool
     cache_dir: Path | None
+    spec: str = "default"  # the index storage (m3lab.retrieval.spec)
     _projections: dict[bool, Projection] = field(default_factory=dict, repr=False)
     _positions: dict[str, int] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -102,7 +104,7 @@ class Workspace:
                 progress(0.1, desc=f"fitting the map of {len(self.index)} documents")
             logger.info("fitting the 2-D map of %d documents%s", len(self.index),
                         " (language means removed)" if centred else "")
-            proj = fit_projection(self.index.dense, centre_by=self.corpus.labels["language"] if centred else None)
+            proj = fit_projection(self.index.dense_vectors(), centre_by=self.corpus.labels["language"] if centred else None)
             if file is not None:
                 try:
                     proj.save(file)
@@ -118,20 +120,31 @@ class Workspace:
         text = (f"**Model** `{self.model_name}` ({m.hidden_size}-d, {m.pooling} pooling, "
                 f"{'trained heads' if m.heads_trained else 'untrained heads'}) · "
                 f"**Corpus** {self.corpus.name}: {len(self.index)} documents in {len(langs)} language(s) · "
-                f"index {'loaded from cache' if self.from_cache else 'built'}")
+                f"index `{self.spec}` ({index_size(self.index)}), "
+                f"{'loaded from cache' if self.from_cache else 'built'}")
         if not m.heads_trained:
             text += ("\n\n⚠️ **untrained heads**: this model has no trained sparse and multi-vector heads yet "
                      "(W_lex random, W_mul = identity), so only its dense scores are meaningful.")
         return text
 
 
+def index_size(index: CorpusIndex) -> str:
+    """The index's size in memory, e.g. ``"12.3 MB, 4.1 kB per document"``."""
+    total = sum(index.nbytes().values())
+    return f"{total / 1e6:.1f} MB, {total / max(len(index), 1) / 1e3:.1f} kB per document"
+
+
 def build_workspace(model: M3Model, model_name: str, corpus: Corpus, *, use_cache: bool = True,
-                    progress: Progress = None, show_progress: bool = True) -> Workspace:
-    """Load the corpus index of ``model`` from the cache, or build it (with a progress bar) and cache it."""
+                    progress: Progress = None, show_progress: bool = True, spec: str = "default") -> Workspace:
+    """Load the corpus index of ``model`` from the cache, or build it (with a progress bar) and cache it.
+
+    ``spec``: the index storage, a preset or options of :mod:`m3lab.retrieval.spec`."""
     if not corpus.documents:
         raise DataError(f"corpus {corpus.name!r} has no documents")
+    options = parse_index_spec(spec)  # a bad spec fails before any work
     fingerprint = model_fingerprint(model)
-    key = index_key(fingerprint, corpus.documents)
+    key = index_key(fingerprint, corpus.documents,
+                    INDEX_SETTINGS if spec == "default" else {**INDEX_SETTINGS, "spec": spec})
     folder = cache_root() / "indexes" / key if use_cache else None
     if folder is not None and folder.is_dir():
         try:
@@ -139,21 +152,21 @@ def build_workspace(model: M3Model, model_name: str, corpus: Corpus, *, use_cach
                 progress(0.0, desc="loading the cached index")
             index = CorpusIndex.load(folder, model)
             logger.info("loaded the index of %s from %s", corpus.name, folder)
-            return Workspace(model, model_name, corpus, index, key, True, folder)
+            return Workspace(model, model_name, corpus, index, key, True, folder, spec)
         except (CorruptIndexError, ModelMismatchError, OSError) as err:
             logger.warning("rebuilding the cached index (%s)", err)
     if progress is not None:
         progress(0.0, desc=f"indexing {len(corpus.documents)} documents")
     logger.info("indexing %d documents of %s with %s", len(corpus.documents), corpus.name, model_name)
     index = CorpusIndex.build(model, corpus.documents, max_length=INDEX_SETTINGS["max_length"],
-                              batch_size=INDEX_SETTINGS["batch_size"], show_progress=show_progress)
+                              batch_size=INDEX_SETTINGS["batch_size"], show_progress=show_progress, **options)
     if folder is not None:
         try:
             index.save(folder)
         except OSError as err:
             logger.warning("could not cache the index in %s: %s", folder, err)
             folder = None
-    return Workspace(model, model_name, corpus, index, key, False, folder)
+    return Workspace(model, model_name, corpus, index, key, False, folder, spec)
 
 
 class AppState:

@@ -9,6 +9,7 @@ import gradio as gr  # noqa: E402
 
 from m3lab import plots  # noqa: E402
 from m3lab.data import MINI_LANGUAGES  # noqa: E402
+from m3lab.retrieval.spec import PRESETS  # noqa: E402
 
 from . import callbacks as cb  # noqa: E402
 from .corpora import MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, UPLOAD_SUFFIXES, builtin_choices  # noqa: E402
@@ -141,6 +142,19 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                                     "`.csv`/`.tsv`: a header with a `text` column.", elem_id="upload-limits")
                         upload = gr.File(label="Corpus file", file_types=list(UPLOAD_SUFFIXES), elem_id="upload")
                         upload_btn = gr.Button("Index uploaded file", elem_id="upload-btn")
+                with gr.Row():
+                    with gr.Column():
+                        gr.Markdown("**Index storage**: how the corpus's embeddings are stored and searched "
+                                    "(`default`: float16 multi-vectors, exhaustive MaxSim; `exact`: float32; "
+                                    "`compact`: int8 multi-vectors pooled by 2; `muvera`: MUVERA candidates for "
+                                    "MaxSim; `tiny`: binary dense + int8 pooled multi-vectors + MUVERA). Or options "
+                                    "such as `pool_factor=3,colbert_dtype=int8`; see docs/evaluation.md.")
+                        index_spec = gr.Dropdown(list(PRESETS), value=ws0.spec, allow_custom_value=True,
+                                                 label="Index storage", elem_id="index-spec")
+                        index_spec_btn = gr.Button("Re-index with this storage", elem_id="index-spec-btn")
+                    with gr.Column():
+                        index_table = gr.Dataframe(cb.index_spec_table(ws0), label="Current index", interactive=False,
+                                                   elem_id="index-table")
                 corpus_msg = gr.Markdown(elem_id="corpus-msg")
                 preview = gr.Dataframe(cb.corpus_preview(ws0), label="Documents (first 50)", interactive=False,
                                        wrap=True, elem_id="corpus-preview", column_widths=["22%", "6%", "17%", "55%"])
@@ -205,11 +219,12 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                           outputs=[compare_msg, compare_table, compare_bars, compare_lex, compare_maxsim],
                           api_name="compare")
 
-        switch_outputs = [header, preview, color_by, info]
+        switch_outputs = [header, preview, color_by, info, index_table]
 
         def _after(v: cb.SwitchView):
             return (v.message, v.header, v.preview,
-                    gr.Radio(choices=v.groupings, value="language"), cb.model_info(state.workspace))
+                    gr.Radio(choices=v.groupings, value="language"), cb.model_info(state.workspace),
+                    cb.index_spec_table(state.workspace))
 
         def on_builtin(choice, progress=gr.Progress(track_tqdm=True)):
             return _after(cb.load_builtin_corpus(state, choice, progress=progress))
@@ -228,10 +243,16 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
         model_btn.click(on_model, inputs=model_name, outputs=[model_msg, *switch_outputs], api_name="load_model",
                         concurrency_id="switch", concurrency_limit=1)
 
+        def on_index_spec(spec, progress=gr.Progress(track_tqdm=True)):
+            return _after(cb.apply_index_spec(state, spec, progress=progress))
+
+        index_spec_btn.click(on_index_spec, inputs=index_spec, outputs=[corpus_msg, *switch_outputs],
+                             api_name="index_spec", concurrency_id="switch", concurrency_limit=1)
+
         def on_load():
             ws = state.workspace
             return ws.describe(), cb.corpus_preview(ws), gr.Radio(choices=ws.corpus.groupings, value="language"), \
-                cb.model_info(ws)
+                cb.model_info(ws), cb.index_spec_table(ws)
 
         demo.load(on_load, outputs=switch_outputs, api_visibility="private")
     return demo

@@ -11,6 +11,7 @@ SUBCOMMANDS = {
     "encode": "m3lab.cli_basic",
     "score": "m3lab.cli_basic",
     "eval": "m3lab.evaluation.cli",
+    "index": "m3lab.retrieval.cli",
     "train": "m3lab.training.cli",
     "demo": "app.main",
 }

@@ -21,6 +21,7 @@ in-batch negatives).
 from __future__ import annotations
 
 from contextlib import nullcontext
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Mapping, Sequence
 
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from . import scoring
+from .modeling.matryoshka import check_matryoshka_dims, truncate_embeddings
 from .modeling.outputs import M3Embeddings
 
 FUNCTIONS = scoring.FUNCTIONS
@@ -39,6 +41,8 @@ DEFAULT_LOSS_WEIGHTS: dict[str, dict[str, float]] = {
     "bge-m3": {"dense": 1.0, "sparse": 0.1, "colbert": 1.0, "inter": 1.0},
     "paper": {"dense": 1.0, "sparse": 1.0, "colbert": 1.0, "inter": 1.0},
 }
+#: The functions whose embeddings Matryoshka truncation cuts (sparse weights are one scalar per token).
+MATRYOSHKA_FUNCTIONS = ("dense", "colbert")
 
 
 # ----------------------------------------------------------------------------- single losses
@@ -238,6 +242,26 @@ class M3Loss(nn.Module):
     otherwise be rounded to 8 significant bits: a step of 0.0039 near cosine 0.8, i.e. 0.2
     logits at tau = 0.02 (256 candidate scores there collapse to ~11 distinct values).
 
+    Matryoshka representation learning (``matryoshka_dims``; Kusupati et al., arXiv:2205.13147,
+    as sentence-transformers' ``MatryoshkaLoss``): the whole objective above is computed once at
+    the full dimension and once more for each listed dim m on embeddings whose dense vectors and
+    multi-vectors are cut to their first m coordinates and renormalised
+    (:func:`m3lab.modeling.matryoshka.truncate_embeddings`), and the passes are summed:
+
+        L_matryoshka = L_final(full) + sum_m w_m * L_final(truncated to m)    (w_m: ``matryoshka_weights``, default 1)
+
+    Each truncated pass is the complete M3 objective (L_f, L_inter, L'_f): s_inter and the
+    self-distillation teacher are rebuilt from the truncated dense/multi-vector scores, so every
+    truncated function also learns to agree with the ensemble at that size. Sparse weights are
+    not truncated, so each pass repeats the full pass's L_sparse: its effective weight is
+    (1 + sum w_m) times ``loss_weights["sparse"]``, like every other term's. A dim must not exceed
+    the dense or multi-vector dimension of a trained function, nor equal all of them (that pass
+    would repeat the full one); with neither dense nor colbert among ``functions`` (a sparse-only
+    stage) there is nothing to truncate and no extra pass. Cost: one more loss (scores and
+    terms, not an encoder pass) per dim. Terms of the pass at m are named ``matryoshka_<m>.<term>``;
+    :meth:`forward` logs each pass's total as ``matryoshka_<m>``. Cross-device negatives work
+    unchanged: truncation is row-wise, so the gathered passages are truncated like the local ones.
+
     :meth:`coefficients` is the one place the weights of the terms in L_final live;
     :meth:`terms` returns every term with its coefficient and :meth:`forward` sums them.
     """
@@ -245,7 +269,8 @@ class M3Loss(nn.Module):
     def __init__(self, *, functions: Sequence[str] = FUNCTIONS, form: str = "bge-m3", self_distill: bool = True,
                  temperature: float = 0.02, ensemble_weights: Sequence[float] = scoring.DEFAULT_WEIGHTS,
                  loss_weights: Mapping[str, float] | None = None, use_teacher_scores: bool = False,
-                 teacher_temperature: float = 1.0, colbert_max_elements: int | None = 1 << 25):
+                 teacher_temperature: float = 1.0, colbert_max_elements: int | None = 1 << 25,
+                 matryoshka_dims: Sequence[int] | None = None, matryoshka_weights: Sequence[float] | None = None):
         super().__init__()
         _check_functions(functions)
         self.functions = tuple(functions)
@@ -271,6 +296,14 @@ class M3Loss(nn.Module):
         self.use_teacher_scores = use_teacher_scores
         self.teacher_temperature = float(teacher_temperature)
         self.colbert_max_elements = colbert_max_elements
+        self.matryoshka_dims, self.matryoshka_weights = _matryoshka_setting(matryoshka_dims, matryoshka_weights)
+
+    @property
+    def _matryoshka(self) -> tuple[tuple[int, float], ...]:
+        """(dim, weight) of each truncated pass, largest dim first; empty when nothing is truncated."""
+        if not any(f in MATRYOSHKA_FUNCTIONS for f in self.functions):
+            return ()
+        return tuple(zip(self.matryoshka_dims, self.matryoshka_weights))
 
     def coefficients(self) -> dict[str, float]:
         """The coefficient of each term in L_final, by term name (the one source of them).
@@ -283,8 +316,17 @@ class M3Loss(nn.Module):
 
         bge-m3: dense/colbert/inter 1/8, sparse 0.1/8; kd_dense/kd_colbert 1/6, kd_sparse 0.1/6.
         A single function (no ensemble, no self-distillation) has coefficient 1.
-        Names: ``dense``/``sparse``/``colbert``, ``inter``, ``kd_<function>``, in that order.
+        Names: ``dense``/``sparse``/``colbert``, ``inter``, ``kd_<function>``, in that order; with
+        ``matryoshka_dims``, then ``matryoshka_<m>.<name>`` = w_m times that coefficient, per dim m.
         """
+        base = self._base_coefficients()
+        out = dict(base)
+        for dim, weight in self._matryoshka:
+            out.update({f"matryoshka_{dim}.{name}": weight * c for name, c in base.items()})
+        return out
+
+    def _base_coefficients(self) -> dict[str, float]:
+        """The coefficients of one pass of the objective (:meth:`coefficients` without Matryoshka)."""
         n = len(self.functions)
         if n == 1:
             return {self.functions[0]: 1.0}
@@ -314,6 +356,9 @@ class M3Loss(nn.Module):
         otherwise the local block ``p`` (the gathered scores cut to this process's passages) —
         bge-m3's unified fine-tuning gathers dense only ("cross-device negatives disabled for
         unified fine-tuning").
+
+        With ``matryoshka_dims``, the terms of each truncated pass follow, named
+        ``matryoshka_<m>.<term>`` (class docstring); gathered passages are truncated too.
         """
         n_q, n_p = q.dense.shape[0], p.dense.shape[0]
         if group_size < 1:
@@ -338,41 +383,78 @@ class M3Loss(nn.Module):
                 raise ValueError(f"teacher_scores must be (n_queries={n_q}, group_size={group_size}), "
                                  f"got {tuple(teacher_scores.shape)}")
         coefficients = self.coefficients()
+        matryoshka = self._matryoshka
+        if matryoshka:
+            self._check_matryoshka_dims(q)
 
         with _full_precision(q.dense.device.type):
             q, p = _float32_embeddings(q), _float32_embeddings(p)
-            wide = tuple(f for f in self.functions if gathered is not None and f in gathered.functions)
-            scores = score_functions(q, p, [f for f in self.functions if f not in wide],
-                                     colbert_max_elements=self.colbert_max_elements) if len(wide) < len(self.functions) else {}
-            offsets = {f: query_offset for f in scores}          # where each query's group starts, in groups
-            if wide:
-                every = _float32_embeddings(gathered.passages)
-                scores.update(score_functions(q, every, wide, colbert_max_elements=self.colbert_max_elements))
-                offsets.update({f: gathered.query_offset for f in wide})
-
-            def contrastive(s: Tensor, offset: int) -> Tensor:
-                if self.use_teacher_scores:
-                    return teacher_distillation(s, teacher_scores, self.temperature, group_size=group_size,
-                                                query_offset=offset, teacher_temperature=self.teacher_temperature)
-                return info_nce(s, (torch.arange(n_q, device=s.device) + offset) * group_size, self.temperature)
-
-            values: dict[str, Tensor] = {f: contrastive(scores[f], offsets[f]) for f in self.functions}
-            if "inter" in coefficients:
-                # one candidate set for the ensemble: all gathered, or this process's block of each
-                if len(wide) == len(self.functions):
-                    same, offset = scores, gathered.query_offset
-                else:
-                    lo = (gathered.query_offset if gathered is not None else 0) * group_size
-                    same = {f: s[:, lo:lo + n_p] if f in wide else s for f, s in scores.items()}
-                    offset = query_offset
-                inter = ensemble_scores(*(same.get(f) for f in FUNCTIONS),
-                                        weights=[wt if f in same else 0.0
-                                                 for f, wt in zip(FUNCTIONS, self.ensemble_weights)])
-                values["inter"] = contrastive(inter, offset)
-                if self.self_distill:
-                    for f in self.functions:
-                        values[f"kd_{f}"] = self_distillation(same[f], inter, self.temperature)
+            every = _float32_embeddings(gathered.passages) if gathered is not None else None
+            values = self._pass_values(q, p, every, group_size=group_size, teacher_scores=teacher_scores,
+                                       query_offset=query_offset, gathered=gathered)
+            for dim, _ in matryoshka:  # the whole objective again on the truncated embeddings
+                cut = [self._truncated(e, dim) if e is not None else None for e in (q, p, every)]
+                part = self._pass_values(*cut, group_size=group_size, teacher_scores=teacher_scores,
+                                         query_offset=query_offset, gathered=gathered)
+                values.update({f"matryoshka_{dim}.{name}": v for name, v in part.items()})
         return {name: (values[name], c) for name, c in coefficients.items()}
+
+    def _pass_values(self, q: M3Embeddings, p: M3Embeddings, every: M3Embeddings | None, *, group_size: int,
+                     teacher_scores: Tensor | None, query_offset: int,
+                     gathered: GatheredPassages | None) -> dict[str, Tensor]:
+        """The terms of one pass of the objective (inputs checked, float32, autocast off: see :meth:`terms`).
+
+        ``every`` is ``gathered.passages`` as this pass sees them (float32, perhaps truncated).
+        """
+        n_q, n_p = q.dense.shape[0], p.dense.shape[0]
+        wide = tuple(f for f in self.functions if gathered is not None and f in gathered.functions)
+        scores = score_functions(q, p, [f for f in self.functions if f not in wide],
+                                 colbert_max_elements=self.colbert_max_elements) if len(wide) < len(self.functions) else {}
+        offsets = {f: query_offset for f in scores}          # where each query's group starts, in groups
+        if wide:
+            scores.update(score_functions(q, every, wide, colbert_max_elements=self.colbert_max_elements))
+            offsets.update({f: gathered.query_offset for f in wide})
+
+        def contrastive(s: Tensor, offset: int) -> Tensor:
+            if self.use_teacher_scores:
+                return teacher_distillation(s, teacher_scores, self.temperature, group_size=group_size,
+                                            query_offset=offset, teacher_temperature=self.teacher_temperature)
+            return info_nce(s, (torch.arange(n_q, device=s.device) + offset) * group_size, self.temperature)
+
+        values: dict[str, Tensor] = {f: contrastive(scores[f], offsets[f]) for f in self.functions}
+        if len(self.functions) > 1:  # the ensemble terms (see coefficients())
+            # one candidate set for the ensemble: all gathered, or this process's block of each
+            if len(wide) == len(self.functions):
+                same, offset = scores, gathered.query_offset
+            else:
+                lo = (gathered.query_offset if gathered is not None else 0) * group_size
+                same = {f: s[:, lo:lo + n_p] if f in wide else s for f, s in scores.items()}
+                offset = query_offset
+            inter = ensemble_scores(*(same.get(f) for f in FUNCTIONS),
+                                    weights=[wt if f in same else 0.0
+                                             for f, wt in zip(FUNCTIONS, self.ensemble_weights)])
+            values["inter"] = contrastive(inter, offset)
+            if self.self_distill:
+                for f in self.functions:
+                    values[f"kd_{f}"] = self_distillation(same[f], inter, self.temperature)
+        return values
+
+    def _truncated(self, e: M3Embeddings, dim: int) -> M3Embeddings:
+        """``e`` with the dense vectors and multi-vectors of the trained functions cut to ``dim`` and renormalised."""
+        cut = {f: truncate_embeddings(getattr(e, f), dim) for f in MATRYOSHKA_FUNCTIONS if f in self.functions}
+        return replace(e, **cut)
+
+    def _check_matryoshka_dims(self, q: M3Embeddings) -> None:
+        """Every dim fits each truncated function's dimension, and is below at least one of them."""
+        sizes = {f: int(getattr(q, f).shape[-1]) for f in MATRYOSHKA_FUNCTIONS if f in self.functions}
+        names = {"dense": "the dense dimension", "colbert": "the multi-vector (colbert) dimension"}
+        for f, size in sizes.items():
+            check_matryoshka_dims(self.matryoshka_dims, size, name=names[f])
+        same = [d for d in self.matryoshka_dims if all(d == size for size in sizes.values())]
+        if same:
+            raise ValueError(f"matryoshka dim {same[0]} is the full dimension of "
+                             f"{' and '.join(names[f] for f in sizes)}: that pass would repeat the full-dimension "
+                             "loss, which is always included; list only smaller dims")
 
     def forward(self, q: M3Embeddings, p: M3Embeddings, *, group_size: int, teacher_scores: Tensor | None = None,
                 query_offset: int = 0, gathered: GatheredPassages | None = None) -> LossOutput:
@@ -388,14 +470,20 @@ class M3Loss(nn.Module):
         terms = self.terms(q, p, group_size=group_size, teacher_scores=teacher_scores, query_offset=query_offset,
                            gathered=gathered)
         loss = sum(c * t for t, c in terms.values())
-        logged = {name: float(t.detach()) for name, (t, _) in terms.items()}
+        base = self._base_coefficients()
+        logged = {name: float(terms[name][0].detach()) for name in base}
+        for dim, _ in self._matryoshka:  # each truncated pass's L_final (before its weight)
+            logged[f"matryoshka_{dim}"] = float(sum(c * terms[f"matryoshka_{dim}.{name}"][0].detach()
+                                                    for name, c in base.items()))
         logged["loss"] = float(loss.detach())
         return LossOutput(loss, logged)
 
     def extra_repr(self) -> str:
         return (f"functions={self.functions}, form={self.form!r}, self_distill={self.self_distill}, "
                 f"temperature={self.temperature}, ensemble_weights={self.ensemble_weights}, "
-                f"use_teacher_scores={self.use_teacher_scores}")
+                f"use_teacher_scores={self.use_teacher_scores}"
+                + (f", matryoshka_dims={self.matryoshka_dims}, matryoshka_weights={self.matryoshka_weights}"
+                   if self.matryoshka_dims else ""))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -416,6 +504,28 @@ def _float32_embeddings(e: M3Embeddings) -> M3Embeddings:
     cast = {f.name: v.float() for f in fields(e)
             if isinstance(v := getattr(e, f.name), Tensor) and v.is_floating_point() and v.element_size() < 4}
     return replace(e, **cast) if cast else e
+
+
+def _matryoshka_setting(dims: Sequence[int] | None, weights: Sequence[float] | None
+                        ) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """(dims, weights) sorted largest dim first, each weight kept with its dim; ``((), ())`` for none."""
+    if dims is None:
+        if weights is not None:
+            raise ValueError("matryoshka_weights given without matryoshka_dims")
+        return (), ()
+    ordered = check_matryoshka_dims(dims, None)
+    dims = [int(d) for d in dims]
+    if weights is None:
+        weights = [1.0] * len(dims)
+    if isinstance(weights, (str, bytes)) or len(weights) != len(dims):
+        raise ValueError(f"matryoshka_weights must give one weight per dim of {dims}, got {weights!r}")
+    by_dim = {}
+    for d, w in zip(dims, weights):
+        w = float(w)
+        if not math.isfinite(w) or w < 0:
+            raise ValueError(f"matryoshka weight {w} (of dim {d}) must be a finite number >= 0")
+        by_dim[d] = w
+    return ordered, tuple(by_dim[d] for d in ordered)
 
 
 def _check_scores(scores: Tensor) -> None:

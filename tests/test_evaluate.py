@@ -161,6 +161,24 @@ def test_cli_contract(tiny_m3_dir, data_dir, tmp_path, capsys):
     assert "[1/2] xquad en" in err and "[2/2] xquad de" in err
 
 
+def test_cli_index_spec(tiny_m3_dir, tmp_path, capsys):
+    """--index-spec builds the evaluated index with those storage options (int8 pooled multi-vectors
+    here), and each row names the index it was computed on."""
+    runs = {}
+    for spec in (None, "compact"):
+        out_file = tmp_path / f"{spec}.json"
+        rc, out, err = _eval(["--model", str(tiny_m3_dir), "--dataset", "mini", "--languages", "en",
+                              "--modes", "dense,colbert", "--max-length", "64", "--json", str(out_file),
+                              *(["--index-spec", spec] if spec else [])], capsys)
+        assert rc == 0, err
+        runs[spec] = json.loads(out_file.read_text())
+    assert runs["compact"]["settings"]["index_spec"] == "compact"
+    exact, compact = ({r["mode"]: r for r in runs[k]["results"]} for k in (None, "compact"))
+    assert exact["colbert"]["index"] == "colbert_dtype=float32"  # evaluation's exact reference
+    assert compact["colbert"]["index"] == "colbert_dtype=int8,pool_factor=2"
+    assert exact["dense"]["ndcg@10"] == compact["dense"]["ndcg@10"]  # dense storage is the same
+
+
 def test_cli_plain_model_is_dense_only(tiny_bert_dir, tmp_path, capsys):
     out_file = tmp_path / "plain.json"
     rc, out, err = _eval(["--model", str(tiny_bert_dir), "--dataset", "mini", "--languages", "en",
@@ -214,6 +232,7 @@ def test_cli_cross_lingual_and_tatoeba(tiny_m3_dir, data_dir, tmp_path, capsys, 
     (["--dataset", "beir:"], "beir:PATH needs the path"),
     (["--dataset", "beir:/nonexistent/folder", "--modes", "bm25"], "BEIR folder not found"),
     (["--dataset", "mini", "--weights", "1,2"], "--weights must be three numbers"),
+    (["--dataset", "mini", "--index-spec", "pool=2"], "index spec: unknown option 'pool'"),
 ])
 def test_cli_bad_input(args, message, capsys):
     rc, out, err = _eval(["--model", "/nonexistent/never-loaded", *args], capsys)

@@ -31,6 +31,7 @@ from .._io import write_json
 from ..modeling import M3Model
 from ..retrieval.index import MODES as INDEX_MODES
 from ..retrieval.index import CorpusIndex, corpus_fingerprint
+from ..retrieval.spec import PRESETS, options_for_store, parse_index_spec
 from ..retrieval.ranker import mode_functions
 from .bitext import BITEXT_MODES, evaluate_bitext
 from .datasets import check_languages, dataset_kind, load_dataset
@@ -104,6 +105,9 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=100, help="ranking depth scored (default 100)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--dense-index", choices=["flat", "ivf", "hnsw"], default="flat")
+    p.add_argument("--index-spec", default=None, metavar="SPEC",
+                   help="index storage: a preset (" + ", ".join(PRESETS) + ") and/or key=value options, e.g. "
+                        "'compact' or 'muvera,colbert_dtype=int8' (default: exact float32; see docs/evaluation.md)")
     p.add_argument("--mcls", action="store_true", help="encode documents with a [CLS] every 256 tokens (appendix B.2)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--allow-untrained-heads", action="store_true",
@@ -133,6 +137,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--weights must be three numbers (dense, sparse, colbert), got {args.weights!r}")
     if args.max_length < 2:
         raise ValueError(f"--max-length must be >= 2, got {args.max_length}")
+    spec = parse_index_spec(args.index_spec)
 
     model = None
     if any(m != "bm25" for m in modes):
@@ -147,7 +152,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 raise ValueError("no mode left to evaluate: add dense or a BM25 mode, or --allow-untrained-heads")
     settings = {"max_length": args.max_length, "pooling": model.pooling if model else None, "split": args.split,
                 "weights": list(weights), "candidates": args.candidates, "top_k": args.top_k,
-                "dense_index": args.dense_index, "mcls": args.mcls}
+                "dense_index": args.dense_index, "mcls": args.mcls, "index_spec": args.index_spec}
     logger.info("m3lab eval: %s on %s (%s), modes %s", model or "BM25", dataset,
                 ", ".join(str(x) for x in languages), ", ".join(modes))
 
@@ -167,14 +172,16 @@ def run_eval(args: argparse.Namespace) -> int:
                 key = corpus_fingerprint(data.corpus)
                 if key not in indexes:
                     store = sorted({c for m in index_modes for c in mode_functions(m, weights)})
+                    options = {"dense_index": args.dense_index, "colbert_dtype": "float32",
+                               **options_for_store(spec, store)}
                     indexes[key] = CorpusIndex.build(model, data.corpus, max_length=args.max_length,
-                                                     batch_size=args.batch_size, dense_index=args.dense_index,
-                                                     store=store, mcls=args.mcls, colbert_dtype="float32")
+                                                     batch_size=args.batch_size, store=store, mcls=args.mcls,
+                                                     **options)
                 target = indexes[key]
             rows = evaluate_retrieval(target, data, modes, top_k=args.top_k, weights=weights,
                                       candidates=args.candidates, max_length=args.max_length,
                                       batch_size=args.batch_size, dense_index=args.dense_index, mcls=args.mcls,
-                                      dataset_label=dataset, language=lang)
+                                      dataset_label=dataset, language=lang, index_spec=spec)
             size = f"{len(data.corpus)} docs, {rows[0]['n_queries']} queries"
         results.extend(rows)
         summary = ", ".join(f"{r['mode']} {100 * r.get('ndcg@10', r.get('accuracy', 0)):.2f}" for r in rows)

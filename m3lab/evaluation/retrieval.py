@@ -27,6 +27,7 @@ from ..retrieval.bm25 import (
 from ..retrieval.index import MODES as INDEX_MODES
 from ..retrieval.index import CorpusIndex, corpus_fingerprint, document_text
 from ..retrieval.ranker import mode_functions
+from ..retrieval.spec import describe_spec, options_for_store, parse_index_spec
 
 logger = logging.getLogger("m3lab")
 
@@ -82,11 +83,12 @@ def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | None, dataset: Re
                        weights: Sequence[float] = scoring.DEFAULT_WEIGHTS, candidates: int = 100,
                        max_length: int = 512, batch_size: int = 32, dense_index: str = "flat", mcls: bool = False,
                        dataset_label: str | None = None, language: str | None = None,
-                       show_progress: bool = True) -> list[dict]:
+                       index_spec: str | dict | None = None, show_progress: bool = True) -> list[dict]:
     """Rank ``dataset``'s corpus for its queries in each mode and score the rankings.
 
     ``model_or_index``: an :class:`M3Model` (the corpus is indexed here, storing only what
-    the modes need), a :class:`CorpusIndex` already built on this corpus, or ``None`` when the
+    the modes need, in float32 unless ``index_spec`` (:mod:`m3lab.retrieval.spec`) asks for other
+    storage), a :class:`CorpusIndex` already built on this corpus, or ``None`` when the
     only mode is ``bm25``. Rankings are ``top_k`` deep (100: Recall@100 needs it). Queries
     without a relevant document are left out, as MTEB does. Returns one dict per mode:
     ``{"dataset", "language", "mode", "ndcg@10", "recall@10", "recall@100", "mrr@10",
@@ -112,9 +114,11 @@ def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | None, dataset: Re
         t0 = time.perf_counter()
         components = sorted({c for m in index_modes for c in mode_functions(m, weights)})
         if index is None:
+            # exact float32 reference scores unless an index spec asks for a compressed store
+            options = {"dense_index": dense_index, "colbert_dtype": "float32",
+                       **options_for_store(parse_index_spec(index_spec), components)}
             index = CorpusIndex.build(model, dataset.corpus, max_length=max_length, batch_size=batch_size,
-                                      dense_index=dense_index, store=components, mcls=mcls,
-                                      colbert_dtype="float32", show_progress=show_progress)  # exact reference scores
+                                      store=components, mcls=mcls, show_progress=show_progress, **options)
         elif corpus_fingerprint(index.documents) != corpus_fingerprint(dataset.corpus):
             raise ValueError(f"the index holds another corpus than dataset {dataset.name!r} "
                              f"({len(index)} vs {len(dataset.corpus)} documents)")
@@ -125,7 +129,7 @@ def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | None, dataset: Re
         for m in index_modes:
             r = rankings[m]
             results[m] = {**retrieval_metrics(qrels, _run([x.id for x in queries], index.doc_ids, r.indices, r.scores)),
-                          "seconds": round(seconds, 2)}
+                          "seconds": round(seconds, 2), "index": describe_spec(index.settings)}
     for m in (m for m in modes if m in BM25_MODES):
         t0 = time.perf_counter()
         analyzer = (standard_analyzer(dataset.corpus_language) if m == "bm25"

@@ -7,6 +7,7 @@ from .functions import (
            sparse_token_weights,
 )
 from .hub import COLBERT_FILE, CONFIG_FILE, SPARSE_FILE, resolve_model_path
+from .matryoshka import check_matryoshka_dims, truncate_embeddings
 from .model import (
            CPU_BATCH_OVERHEAD_TOKENS,
            MCLS_INTERVAL,
@@ -19,4 +20,5 @@ from .outputs import EncodeOutput, M3Embeddings, ScoreOutput, sparse_dicts_to_cs
 
 __all__ = ["M3Model", "M3Embeddings", "EncodeOutput", "ScoreOutput", "score_encoded", "plan_batches", "check_texts",
            "dense_embedding", "sparse_token_weights", "colbert_embedding", "init_heads", "sparse_dicts_to_csr",
-           "resolve_model_path", "POOLINGS", "CPU_BATCH_OVERHEAD_TOKENS", "MCLS_INTERVAL", "COLBERT_FILE", "SPARSE_FILE", "CONFIG_FILE"]
+           "resolve_model_path", "POOLINGS", "CPU_BATCH_OVERHEAD_TOKENS", "MCLS_INTERVAL", "COLBERT_FILE", "SPARSE_FILE", "CONFIG_FILE",
+           "truncate_embeddings", "check_matryoshka_dims"]

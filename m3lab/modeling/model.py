@@ -7,6 +7,7 @@ functions themselves live in :mod:`m3lab.modeling.functions`, the scores in :mod
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -111,7 +112,8 @@ class M3Model(nn.Module):
     def __init__(self, encoder: nn.Module, tokenizer, *, pooling: str = "cls",
                  colbert_linear: nn.Linear | None = None, sparse_linear: nn.Linear | None = None,
                  name_or_path: str | None = None, heads_trained: bool = True,
-                 prompts: dict[str, str] | None = None, max_lengths: dict[str, int] | None = None):
+                 prompts: dict[str, str] | None = None, max_lengths: dict[str, int] | None = None,
+                 matryoshka_dims: Sequence[int] | None = None):
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
@@ -124,6 +126,9 @@ class M3Model(nn.Module):
         #: (e.g. e5's "query: " / "passage: "), and where they cut; saved in m3lab_config.json.
         self.prompts = {**DEFAULT_PROMPTS, **(prompts or {})}
         self.max_lengths = {**DEFAULT_MAX_LENGTHS, **(max_lengths or {})}
+        #: The truncated sizes it was trained for (``TrainConfig.matryoshka_dims``, largest first; None:
+        #: none); saved in m3lab_config.json. Cut vectors with m3lab.modeling.matryoshka.truncate_embeddings.
+        self.matryoshka_dims = sorted(map(int, matryoshka_dims), reverse=True) if matryoshka_dims else None
         d = encoder.config.hidden_size
         self.colbert_linear = colbert_linear if colbert_linear is not None else nn.Linear(d, d)
         self.sparse_linear = sparse_linear if sparse_linear is not None else nn.Linear(d, 1)
@@ -181,7 +186,7 @@ class M3Model(nn.Module):
                            "(initialised by m3lab.modeling.init_heads, seed 0)", path, COLBERT_FILE, SPARSE_FILE)
         model = cls(encoder, tokenizer, pooling=pooling, colbert_linear=colbert_linear,
                     sparse_linear=sparse_linear, name_or_path=str(name_or_path), heads_trained=has_heads,
-                    **saved_settings(path))
+                    matryoshka_dims=_saved_matryoshka_dims(path), **saved_settings(path))
         return model.to(device=device, dtype=dtype).eval()
 
     def save_pretrained(self, path: str | os.PathLike, *, encoder_dtype: torch.dtype | None = None) -> Path:
@@ -206,9 +211,11 @@ class M3Model(nn.Module):
         """The two head files (float32) and m3lab_config.json (pooling, prompts, max lengths, ``record``)."""
         torch.save(_cpu_float_state(self.colbert_linear), folder / COLBERT_FILE)
         torch.save(_cpu_float_state(self.sparse_linear), folder / SPARSE_FILE)
+        extra = {"matryoshka_dims": list(self.matryoshka_dims)} if self.matryoshka_dims else {}
         write_json(folder / CONFIG_FILE, {"pooling": self.pooling, **record,
                                           "colbert_dim": self.colbert_linear.out_features,
-                                          "prompts": dict(self.prompts), "max_lengths": dict(self.max_lengths)})
+                                          "prompts": dict(self.prompts), "max_lengths": dict(self.max_lengths),
+                                          **extra})
 
     def save_delta(self, path: str | os.PathLike, base: str, *, dtype: torch.dtype = torch.float16) -> Path:
         """Write only what differs from ``base`` (a short name or directory): a small, shippable checkpoint.
@@ -438,6 +445,15 @@ class M3Model(nn.Module):
     def __repr__(self) -> str:
         return (f"M3Model({self.name_or_path!r}, pooling={self.pooling!r}, d={self.hidden_size}, "
                 f"heads_trained={self.heads_trained})")
+
+
+def _saved_matryoshka_dims(path: Path) -> list[int] | None:
+    """``matryoshka_dims`` of a checkpoint's m3lab_config.json (None if it has none)."""
+    cfg = path / CONFIG_FILE
+    if not cfg.is_file():
+        return None
+    dims = json.loads(cfg.read_text(encoding="utf-8")).get("matryoshka_dims")
+    return [int(d) for d in dims] if dims else None
 
 
 def encoder_layers(encoder: nn.Module) -> nn.ModuleList:

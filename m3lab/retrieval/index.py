@@ -15,7 +15,7 @@ Storage, one structure per function:
   float32, or int8 codes with a per-vector scale, optionally token-pooled
   (:mod:`m3lab.retrieval.compression`);
 * optionally, MUVERA fixed-dimensional encodings of the multi-vectors (:mod:`m3lab.retrieval.muvera`)
-  in a faiss inner-product index: the ``colbert`` mode's first stage, whose candidates exact
+  searched by faiss's exact inner product (``faiss.knn``, on the array itself, no copy): the ``colbert`` mode's first stage, whose candidates exact
   MaxSim then reranks.
 
 Retrieval modes: ``dense``, ``sparse``, ``colbert`` (exhaustive MaxSim, or MUVERA candidates reranked) and
@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -44,11 +45,23 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import __version__, scoring
-from .._io import atomic_directory, write_json
+from .._io import atomic_directory, atomic_file, write_json
 from ..data.records import Document, unique_ids
 from ..modeling import EncodeOutput, M3Model, check_texts
 from . import muvera as fde
-from .compression import COLBERT_DTYPES, Int8Vectors, pool_tokens, quantize_int8
+from ..modeling.matryoshka import truncate_embeddings
+from .compression import (
+    COLBERT_DTYPES,
+    POOL_METHODS,
+    PRUNE_BY,
+    Int8Vectors,
+    lexical_importance,
+    prune_sparse,
+    prune_tokens,
+    quantize_int8,
+    stop_token_ids,
+)
+from .dense_quantization import DENSE_QUANTIZATIONS, QuantizedDenseIndex
 from .ranker import (
     Ranking,
     SearchResult,
@@ -172,8 +185,10 @@ class CorpusIndex:
                  dense: np.ndarray | None = None, dense_index: faiss.Index | None = None,
                  sparse: sp.csr_matrix | None = None, colbert_vectors: np.ndarray | None = None,
                  colbert_offsets: np.ndarray | None = None, colbert_scales: np.ndarray | None = None,
-                 muvera_fde: np.ndarray | None = None, fingerprint: str | None = None):
+                 muvera_fde: np.ndarray | None = None, dense_quantized: QuantizedDenseIndex | None = None,
+                 fingerprint: str | None = None):
         self.model = model
+        self.dense_quantized = dense_quantized  # dense_quantization int8/binary: codes instead of `dense`
         self.documents = documents
         self.settings = settings
         self.dense = dense
@@ -186,10 +201,6 @@ class CorpusIndex:
         self.colbert_scales = colbert_scales  # int8 storage: one float32 scale per vector
         self.muvera_fde = muvera_fde
         self.muvera_config = fde.FDEConfig.from_dict(settings["muvera"]) if settings.get("muvera") else None
-        self.muvera_index = None
-        if muvera_fde is not None:
-            self.muvera_index = faiss.IndexFlatIP(muvera_fde.shape[1])
-            self.muvera_index.add(np.ascontiguousarray(muvera_fde, dtype=np.float32))
         self.fingerprint = fingerprint or model_fingerprint(model)
         self._doc_views: list[np.ndarray] | None = None
 
@@ -197,8 +208,13 @@ class CorpusIndex:
     @classmethod
     def build(cls, model: M3Model, documents: Iterable[Document | str], *, max_length: int | None = None,
               batch_size: int = 32, dense_index: str = "flat", store: Sequence[str] = STORES,
-              colbert_dtype: str = "float16", pool_factor: int = 1,
-              muvera: bool | dict | fde.FDEConfig | None = None, mcls: bool = False, with_titles: bool = True,
+              colbert_dtype: str = "float16", pool_factor: int = 1, pool_method: str = "ward",
+              prune: dict | None = None, muvera: bool | dict | fde.FDEConfig | None = None,
+              dense_quantization: str = "float32", rescore_multiplier: int = 4,
+              calibration: Sequence[str] | np.ndarray | None = None,
+              dense_dim: int | None = None, colbert_dim: int | None = None,
+              sparse_top_k: int | None = None, query_sparse_top_k: int | None = None,
+              mcls: bool = False, with_titles: bool = True, encodings: EncodeOutput | None = None,
               ivf_nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
               show_progress: bool = True) -> CorpusIndex:
         """Encode ``documents`` with ``model`` and index them.
@@ -211,7 +227,23 @@ class CorpusIndex:
         document's vectors to 1/``pool_factor`` of their number (:func:`compression.pool_tokens`);
         ``muvera``: ``True`` (:func:`default_muvera_config`), a dict of :class:`muvera.FDEConfig`
         fields or a config makes MUVERA encodings of the (pooled, unquantised) multi-vectors the
-        ``colbert`` mode's first stage. ``mcls`` encodes the
+        ``colbert`` mode's first stage. ``pool_method``: ``"ward"`` (hierarchical, PyLate) or
+        ``"kmeans"`` (CRISP centroids). ``prune``: ``{"by": "stop_tokens"}`` drops the vectors of
+        content-free tokens, ``{"by": "lexical", "keep_ratio": 0.5}`` keeps the half whose token the
+        sparse head weighs most (:mod:`compression`; pruning comes before pooling).
+
+        ``dense_quantization``: ``"int8"`` (faiss scalar quantiser, ranges from ``calibration``
+        texts or vectors, else the corpus) or ``"binary"`` (Hamming search) keep only the codes;
+        the first stage takes ``rescore_multiplier`` x k candidates that the float query then
+        rescores (:mod:`dense_quantization`). ``dense_dim`` / ``colbert_dim`` truncate the dense and
+        multi-vectors to their first dimensions, renormalised (Matryoshka; queries are truncated the
+        same way at search). ``sparse_top_k`` keeps each document's largest lexical weights,
+        ``query_sparse_top_k`` each query's (:func:`compression.prune_sparse`).
+
+        Every option is recorded in the manifest's settings (:meth:`info`). ``encodings``: the
+        documents already encoded (:meth:`M3Model.encode_corpus` with ``max_length``, in document
+        order, with every function the options need), so several storage variants can be built from
+        one encoding (the benchmarks and notebook 08 do). ``mcls`` encodes the
         documents with a [CLS] every 256 tokens (appendix B.2). Documents are encoded with
         :meth:`M3Model.encode_corpus` (the model's passage prompt; ``max_length`` defaults to
         its passage max length), longest first in chunks, under one progress bar.
@@ -226,9 +258,29 @@ class CorpusIndex:
             raise ValueError(f"colbert_dtype must be one of {COLBERT_DTYPES}, got {colbert_dtype!r}")
         if isinstance(pool_factor, bool) or not isinstance(pool_factor, (int, np.integer)) or pool_factor < 1:
             raise ValueError(f"pool_factor must be an integer >= 1, got {pool_factor!r}")
-        muvera_config = _muvera_config(muvera, model.colbert_linear.out_features) if muvera else None
-        if (pool_factor > 1 or muvera_config) and "colbert" not in store:
-            raise ValueError("pool_factor and muvera apply to multi-vectors: add 'colbert' to store")
+        if pool_method not in POOL_METHODS:
+            raise ValueError(f"pool_method must be one of {tuple(POOL_METHODS)}, got {pool_method!r}")
+        prune = _check_prune(prune)
+        dense_dim = _check_dim("dense_dim", dense_dim, model.hidden_size)
+        colbert_dim = _check_dim("colbert_dim", colbert_dim, model.colbert_linear.out_features)
+        for name, k in (("sparse_top_k", sparse_top_k), ("query_sparse_top_k", query_sparse_top_k)):
+            if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+                raise ValueError(f"{name} must be None or an integer >= 1, got {k!r}")
+        if dense_quantization not in DENSE_QUANTIZATIONS:
+            raise ValueError(f"dense_quantization must be one of {DENSE_QUANTIZATIONS}, got {dense_quantization!r}")
+        if dense_quantization != "float32" and dense_index != "flat":
+            raise ValueError("dense_quantization applies to the exact (flat) dense index: use dense_index='flat'")
+        if isinstance(rescore_multiplier, bool) or not isinstance(rescore_multiplier, (int, np.integer)) \
+                or rescore_multiplier < 1:
+            raise ValueError(f"rescore_multiplier must be an integer >= 1, got {rescore_multiplier!r}")
+        muvera_config = _muvera_config(muvera, colbert_dim or model.colbert_linear.out_features) if muvera else None
+        if (pool_factor > 1 or muvera_config or prune or colbert_dim) and "colbert" not in store:
+            raise ValueError("pool_factor, prune, colbert_dim and muvera apply to multi-vectors: add 'colbert' to store")
+        if (dense_dim or dense_quantization != "float32") and "dense" not in store:
+            raise ValueError("dense_dim and dense_quantization apply to dense vectors: add 'dense' to store")
+        if (sparse_top_k or query_sparse_top_k) and "sparse" not in store:
+            raise ValueError("sparse_top_k and query_sparse_top_k apply to lexical weights: add 'sparse' to store")
+        stop_ids = stop_token_ids(model.tokenizer) if prune and prune["by"] == "stop_tokens" else None
         max_length = model.max_lengths["passage"] if max_length is None else max_length
         if max_length < 2:
             raise ValueError(f"max_length must be >= 2, got {max_length}")
@@ -237,24 +289,35 @@ class CorpusIndex:
                            model.name_or_path)
         texts = [document_text(d, with_titles) for d in docs]
         n = len(docs)
+        if encodings is not None and len(encodings) != n:
+            raise ValueError(f"encodings hold {len(encodings)} texts for {n} documents")
         order = np.argsort([-len(t) for t in texts], kind="stable")  # long first: little padding per batch
         chunk = max(batch_size * 4, 64)  # the progress bar moves every few batches
-        dense = np.zeros((n, model.hidden_size), dtype=np.float32) if "dense" in store else None
+        dense = np.zeros((n, dense_dim or model.hidden_size), dtype=np.float32) if "dense" in store else None
         sparse_parts: list[sp.csr_matrix] = []
         colbert: list[np.ndarray | None] = [None] * n
         muvera_fde = np.zeros((n, muvera_config.output_dimension), dtype=np.float32) if muvera_config else None
         bar = tqdm(total=n, desc="index", unit="doc", disable=not show_progress)
         for start in range(0, n, chunk):
             idx = order[start:start + chunk]
-            out = model.encode_corpus([texts[i] for i in idx], batch_size=batch_size, max_length=max_length,
-                               return_dense="dense" in store, return_sparse="sparse" in store,
-                               return_colbert="colbert" in store, mcls=mcls, show_progress=False)
+            need = {"dense": "dense" in store, "colbert": "colbert" in store,
+                    "sparse": "sparse" in store or (prune or {}).get("by") == "lexical"}
+            if encodings is not None:
+                out = encodings.select(idx)
+                for f in (f for f, wanted in need.items() if wanted and getattr(out, f) is None):
+                    raise ValueError(f"encodings lack the {f} embeddings this index needs (encode with return_{f}=True)")
+            else:
+                out = model.encode_corpus([texts[i] for i in idx], batch_size=batch_size, max_length=max_length,
+                                          return_dense=need["dense"], return_sparse=need["sparse"],
+                                          return_colbert=need["colbert"], mcls=mcls, show_progress=False)
             if dense is not None:
-                dense[idx] = out.dense
+                dense[idx] = out.dense if dense_dim is None else truncate_embeddings(out.dense, dense_dim)
             if "sparse" in store:
-                sparse_parts.append(out.sparse_csr.astype(np.float32))
+                part = out.sparse_csr.astype(np.float32)
+                sparse_parts.append(part if sparse_top_k is None else prune_sparse(part, int(sparse_top_k)))
             if "colbert" in store:
-                vecs = [pool_tokens(v, int(pool_factor)) for v in out.colbert] if pool_factor > 1 else out.colbert
+                vecs = [_reduce_vectors(v, out, row, colbert_dim, prune, stop_ids, pool_factor, pool_method)
+                        for row, v in enumerate(out.colbert)]
                 if muvera_fde is not None:
                     muvera_fde[idx] = fde.encode_documents(vecs, muvera_config)
                 for row, i in enumerate(idx):
@@ -284,12 +347,131 @@ class CorpusIndex:
         settings = {"max_length": int(max_length), "mcls": bool(mcls), "with_titles": bool(with_titles),
                     "store": list(store), "dense_index": dense_index, "ivf_nlist": ivf_nlist, "nprobe": int(nprobe),
                     "hnsw_m": int(hnsw_m), "colbert_dtype": colbert_dtype, "pool_factor": int(pool_factor),
-                    "muvera": muvera_config.to_dict() if muvera_config else None}
-        faiss_index = None
-        if dense is not None:
+                    "pool_method": pool_method, "prune": prune,
+                    "muvera": muvera_config.to_dict() if muvera_config else None,
+                    "dense_quantization": dense_quantization, "rescore_multiplier": int(rescore_multiplier),
+                    "dense_dim": dense_dim, "colbert_dim": colbert_dim,
+                    "sparse_top_k": None if sparse_top_k is None else int(sparse_top_k),
+                    "query_sparse_top_k": None if query_sparse_top_k is None else int(query_sparse_top_k)}
+        faiss_index = quantized = None
+        if dense is not None and dense_quantization != "float32":
+            calib = _calibration_vectors(model, calibration, dense_dim, max_length, batch_size)
+            quantized = QuantizedDenseIndex(dense, dense_quantization, calibration=calib)
+            dense = None  # only the codes are kept: the point of quantising
+        elif dense is not None:
             faiss_index, settings["ivf_nlist"] = _build_faiss(dense, dense_index, ivf_nlist, nprobe, hnsw_m)
         return cls(model, docs, settings=settings, dense=dense, dense_index=faiss_index, sparse=sparse,
-                   colbert_vectors=vectors, colbert_offsets=offsets, colbert_scales=scales, muvera_fde=muvera_fde)
+                   colbert_vectors=vectors, colbert_offsets=offsets, colbert_scales=scales, muvera_fde=muvera_fde,
+                   dense_quantized=quantized)
+
+    @classmethod
+    def build_on_disk(cls, model: M3Model, documents: Iterable[Document | str], path: str | Path, *,
+                      chunk_size: int = 4096, show_progress: bool = True, **options) -> CorpusIndex:
+        """:meth:`build` for a corpus whose multi-vectors do not fit in memory: written to ``path`` as
+        they are encoded, memory-mapped when searched, resumable after an interruption.
+
+        The corpus goes in chunks of ``chunk_size`` documents, in order. Each chunk's multi-vectors are
+        appended to a :class:`~m3lab.retrieval.vector_store.MultiVectorStoreWriter` in
+        ``path/multivectors`` (committed durably) after its dense / sparse / MUVERA rows are written
+        to ``path/parts``; memory holds one chunk plus the small per-document arrays. Run again with
+        the same model, corpus and options after an interruption, it continues with the first
+        uncommitted chunk; with anything else it refuses (the store's spec names what differs). When
+        every chunk is in, the dense, sparse and MUVERA arrays are assembled (and the dense codes
+        trained), the manifest is written last, and the index is returned loaded, its multi-vectors
+        an ``np.memmap``. ``options`` are :meth:`build`'s.
+        """
+        from .vector_store import MultiVectorStoreWriter
+
+        docs = as_documents(documents)
+        path = Path(path)
+        if (path / MANIFEST).is_file():
+            raise FileExistsError(f"{path} already holds a finished index: load it with CorpusIndex.load, or remove it")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if "encodings" in options:
+            raise ValueError("build_on_disk encodes the corpus itself: it takes no encodings")
+        store = tuple(options.pop("store", STORES))
+        colbert_dtype = options.pop("colbert_dtype", "float16")
+        dense_quantization = options.pop("dense_quantization", "float32")
+        calibration = options.pop("calibration", None)
+        # per chunk: float32 multi-vectors (the writer quantises them as build does) and float dense vectors
+        chunk_options = dict(options, store=store, colbert_dtype="float32", show_progress=False)
+        probe = cls.build(model, docs[:1], **chunk_options)  # validates the options before any long work
+        settings = dict(probe.settings, colbert_dtype=colbert_dtype, dense_quantization=dense_quantization,
+                        colbert_storage="memmap", chunk_size=int(chunk_size))
+        if colbert_dtype not in COLBERT_DTYPES:
+            raise ValueError(f"colbert_dtype must be one of {COLBERT_DTYPES}, got {colbert_dtype!r}")
+        if dense_quantization not in DENSE_QUANTIZATIONS:
+            raise ValueError(f"dense_quantization must be one of {DENSE_QUANTIZATIONS}, got {dense_quantization!r}")
+        fingerprint = model_fingerprint(model)
+        spec = {"model": fingerprint, "corpus": corpus_fingerprint(docs), "settings": settings}
+        n, parts = len(docs), path / "parts"
+        writer = None
+        if "colbert" in store:
+            writer = MultiVectorStoreWriter(path / "multivectors", dim=probe.colbert_vectors.shape[1],
+                                            dtype=colbert_dtype, n_documents=n, spec=spec)
+            done = writer.n_committed
+        else:
+            done = 0
+        parts.mkdir(parents=True, exist_ok=True)
+        write_json(path / "build.json", {"spec": spec, "n_documents": n})
+        n_chunks = -(-n // chunk_size)
+        if done % chunk_size and done != n:
+            raise CorruptIndexError(f"{path / 'multivectors'}: {done} documents committed, not a multiple of the "
+                                    f"chunk size {chunk_size}: was it built with another chunk_size?")
+        bar = tqdm(total=n, initial=done, desc="index (on disk)", unit="doc", disable=not show_progress)
+        try:
+            for c in range(done // chunk_size, n_chunks):
+                chunk = docs[c * chunk_size:(c + 1) * chunk_size]
+                part = cls.build(model, chunk, **chunk_options)
+                arrays = {}
+                if part.dense is not None:
+                    arrays["dense"] = part.dense
+                if part.sparse is not None:
+                    arrays.update(sp_data=part.sparse.data, sp_indices=part.sparse.indices, sp_indptr=part.sparse.indptr)
+                if part.muvera_fde is not None:
+                    arrays["muvera"] = part.muvera_fde
+                with atomic_file(parts / f"part-{c:06d}.npz", "wb") as f:
+                    np.savez(f, **arrays)
+                if writer is not None:
+                    writer.append([part.document_vectors(i) for i in range(len(chunk))])
+                bar.update(len(chunk))
+            bar.close()
+            if writer is not None:
+                mv = writer.finish()
+        finally:
+            if writer is not None:
+                writer.close()
+
+        # assemble the small arrays, then the index files; the manifest last
+        dense_rows, sparse_rows, fde_rows = [], [], []
+        for c in range(n_chunks):
+            with np.load(parts / f"part-{c:06d}.npz") as z:
+                rows = min(chunk_size, n - c * chunk_size)
+                if "dense" in z:
+                    dense_rows.append(z["dense"])
+                if "sp_data" in z:
+                    sparse_rows.append(sp.csr_matrix((z["sp_data"], z["sp_indices"], z["sp_indptr"]),
+                                                     shape=(rows, model.vocab_size)))
+                if "muvera" in z:
+                    fde_rows.append(z["muvera"])
+        dense = np.concatenate(dense_rows) if dense_rows else None
+        quantized = None
+        if dense is not None and dense_quantization != "float32":
+            calib = _calibration_vectors(model, calibration, settings.get("dense_dim"), settings["max_length"], 32)
+            quantized, dense = QuantizedDenseIndex(dense, dense_quantization, calibration=calib), None
+        index = cls(model, docs, settings=settings, dense=dense,
+                    dense_index=_build_faiss(dense, "flat", None, 0, 0)[0] if dense is not None else None,
+                    sparse=sp.vstack(sparse_rows, format="csr") if sparse_rows else None,
+                    colbert_vectors=mv.vectors if writer is not None else None,
+                    colbert_offsets=mv.offsets if writer is not None else None,
+                    colbert_scales=mv.scales if writer is not None else None,
+                    muvera_fde=np.concatenate(fde_rows) if fde_rows else None, dense_quantized=quantized,
+                    fingerprint=fingerprint)
+        index._write(path, multivectors=path / "multivectors" if writer is not None else None)
+        shutil.rmtree(parts, ignore_errors=True)
+        (path / "build.json").unlink(missing_ok=True)
+        return cls.load(path, model, verify=False)
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:
@@ -316,6 +498,8 @@ class CorpusIndex:
         out = {}
         if self.dense is not None:
             out["dense"] = int(self.dense.nbytes)
+        if self.dense_quantized is not None:
+            out["dense"] = int(self.dense_quantized.nbytes)
         if self.sparse is not None:
             out["sparse"] = int(self.sparse.data.nbytes + self.sparse.indices.nbytes + self.sparse.indptr.nbytes)
         if self.colbert_vectors is not None:
@@ -334,6 +518,14 @@ class CorpusIndex:
         if self.colbert_offsets is not None:
             out["vectors_per_document"] = float(self.colbert_offsets[-1]) / max(len(self), 1)
         return out
+
+    def dense_vectors(self) -> np.ndarray:
+        """The (n, d) dense vectors: the stored float32 ones, or with ``dense_quantization`` the codes
+        decoded (what rescoring scores against)."""
+        self._require("dense")
+        if self.dense is not None:
+            return self.dense
+        return self.dense_quantized.decode(np.arange(len(self)))
 
     def document_vectors(self, i: int) -> np.ndarray:
         """The multi-vector embedding of document ``i``: a view into the contiguous array, dequantised
@@ -402,10 +594,28 @@ class CorpusIndex:
         A function the index or the queries lack comes back as NaN (what the app shows as "—").
         """
         cand = np.asarray([list(documents)], dtype=np.int64)
-        scorer = _BlockScorer(self, queries.select([row]))
+        scorer = _BlockScorer(self, self.prepare_queries(queries.select([row])))
         nan = np.full(len(documents), np.nan, dtype=np.float32)
         return {f: scorer.pairs(f, cand)[0] if f in self.stored and getattr(queries, f) is not None else nan
                 for f in STORES}
+
+    def prepare_queries(self, queries: EncodeOutput) -> EncodeOutput:
+        """Queries as this index's settings score them: dense and multi-vectors truncated to
+        ``dense_dim`` / ``colbert_dim`` (Matryoshka), lexical weights cut to ``query_sparse_top_k``.
+        Queries already in that form are returned as they are."""
+        st = self.settings
+        dd, cd, k = st.get("dense_dim"), st.get("colbert_dim"), st.get("query_sparse_top_k")
+        dense, colbert, sparse = queries.dense, queries.colbert, queries.sparse
+        if dd and dense is not None and dense.shape[1] != dd:
+            dense = truncate_embeddings(dense, dd)
+        if cd and colbert is not None and any(v.shape[1] != cd for v in colbert):
+            colbert = [truncate_embeddings(v, cd) for v in colbert]
+        if k and sparse is not None and any(len(w) > k for w in sparse):
+            sparse = [dict(sorted(w.items(), key=lambda kv: (-kv[1], kv[0]))[:k]) for w in sparse]
+        if dense is queries.dense and colbert is queries.colbert and sparse is queries.sparse:
+            return queries
+        return EncodeOutput(dense=dense, sparse=sparse, colbert=colbert, input_ids=queries.input_ids,
+                            vocab_size=queries.vocab_size, colbert_token_ids=queries.colbert_token_ids)
 
     def rank(self, queries: EncodeOutput, modes: Sequence[str], *, top_k: int = 10,
              weights: Sequence[float] = scoring.DEFAULT_WEIGHTS, candidates: int = 100,
@@ -429,6 +639,7 @@ class CorpusIndex:
                 if getattr(queries, c) is None:
                     raise ValueError(f"mode {mode!r} needs the queries' {c} embeddings; encode them with "
                                      f"return_{c}=True")
+        queries = self.prepare_queries(queries)
         n_q, n = len(queries), len(self)
         top_k = min(top_k, n)
         block = query_block or max(1, min(n_q, _SCORE_BLOCK // max(n, 1)))
@@ -460,43 +671,59 @@ class CorpusIndex:
     def save(self, path: str | Path) -> Path:
         """Write the index to directory ``path`` atomically (a complete old version survives a failure)."""
         path = Path(path)
+        if self.settings.get("colbert_storage") == "memmap":
+            raise ValueError("an index built on disk lives where it was built: copy its directory to move it")
         with atomic_directory(path) as tmp:
-            with open(tmp / DOCUMENTS, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps({"id": d.id, "text": d.text, "title": d.title, "language": d.language},
-                                       ensure_ascii=False) + "\n" for d in self.documents)
-            arrays = {}
-            if self.dense is not None:
-                arrays["dense"] = self._save_array(tmp, "dense", self.dense)
-                if self.settings["dense_index"] != "flat":  # a flat index is rebuilt from dense.npy on load
-                    faiss.write_index(self.dense_index, str(tmp / _FILES["faiss"]))
-            if self.sparse is not None:
-                sp.save_npz(tmp / _FILES["sparse"], self.sparse, compressed=False)
-                arrays["sparse"] = {"file": _FILES["sparse"], "shape": list(self.sparse.shape),
-                                    "dtype": str(self.sparse.dtype), "nnz": int(self.sparse.nnz)}
-            if self.colbert_vectors is not None:
-                arrays["colbert_vectors"] = self._save_array(tmp, "colbert_vectors", self.colbert_vectors)
-                arrays["colbert_offsets"] = self._save_array(tmp, "colbert_offsets", self.colbert_offsets)
-                if self.colbert_scales is not None:
-                    arrays["colbert_scales"] = self._save_array(tmp, "colbert_scales", self.colbert_scales)
-            if self.muvera_fde is not None:
-                arrays["muvera"] = self._save_array(tmp, "muvera", self.muvera_fde)
-            files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256_file(p)} for p in sorted(tmp.iterdir())}
-            write_json(tmp / MANIFEST, {
-                "format": FORMAT, "format_version": FORMAT_VERSION, "m3lab_version": __version__,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "model": {"name_or_path": self.model.name_or_path, "fingerprint": self.fingerprint,
-                          "pooling": self.model.pooling, "hidden_size": self.model.hidden_size,
-                          "vocab_size": self.model.vocab_size, "heads_trained": self.model.heads_trained},
-                "settings": self.settings,
-                "corpus": {"n_documents": len(self), "sha256": corpus_fingerprint(self.documents)},
-                "arrays": arrays, "files": files,
-            })
+            self._write(tmp)
         return path
+
+    def _write(self, tmp: Path, multivectors: Path | None = None) -> None:
+        """Write the index files and, last, the manifest into directory ``tmp``. ``multivectors``: a
+        finished on-disk store already in ``tmp`` (its files are listed by size, not hashed, nor rewritten)."""
+        with open(tmp / DOCUMENTS, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"id": d.id, "text": d.text, "title": d.title, "language": d.language},
+                                   ensure_ascii=False) + "\n" for d in self.documents)
+        arrays = {}
+        if self.dense is not None:
+            arrays["dense"] = self._save_array(tmp, "dense", self.dense)
+            if self.settings["dense_index"] != "flat":  # a flat index is rebuilt from dense.npy on load
+                faiss.write_index(self.dense_index, str(tmp / _FILES["faiss"]))
+        if self.dense_quantized is not None:
+            for key, array in self.dense_quantized.to_arrays().items():
+                arrays[f"dense_{key}"] = self._save_array(tmp, f"dense_{key}", array)
+        if self.sparse is not None:
+            sp.save_npz(tmp / _FILES["sparse"], self.sparse, compressed=False)
+            arrays["sparse"] = {"file": _FILES["sparse"], "shape": list(self.sparse.shape),
+                                "dtype": str(self.sparse.dtype), "nnz": int(self.sparse.nnz)}
+        if multivectors is not None:
+            arrays["colbert_store"] = {"directory": multivectors.name}
+        elif self.colbert_vectors is not None:
+            arrays["colbert_vectors"] = self._save_array(tmp, "colbert_vectors", self.colbert_vectors)
+            arrays["colbert_offsets"] = self._save_array(tmp, "colbert_offsets", self.colbert_offsets)
+            if self.colbert_scales is not None:
+                arrays["colbert_scales"] = self._save_array(tmp, "colbert_scales", self.colbert_scales)
+        if self.muvera_fde is not None:
+            arrays["muvera"] = self._save_array(tmp, "muvera", self.muvera_fde)
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256_file(p)} for p in sorted(tmp.iterdir())
+                 if p.is_file() and p.name != "build.json"}
+        if multivectors is not None:  # sizes only: hashing would read vectors larger than memory
+            files.update({f"{multivectors.name}/{p.name}": {"bytes": p.stat().st_size}
+                          for p in sorted(multivectors.iterdir()) if p.is_file() and not p.name.startswith(".")})
+        write_json(tmp / MANIFEST, {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "m3lab_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "model": {"name_or_path": self.model.name_or_path, "fingerprint": self.fingerprint,
+                      "pooling": self.model.pooling, "hidden_size": self.model.hidden_size,
+                      "vocab_size": self.model.vocab_size, "heads_trained": self.model.heads_trained},
+            "settings": self.settings,
+            "corpus": {"n_documents": len(self), "sha256": corpus_fingerprint(self.documents)},
+            "arrays": arrays, "files": files,
+        })
 
     @staticmethod
     def _save_array(folder: Path, name: str, array: np.ndarray) -> dict:
-        np.save(folder / _FILES[name], np.ascontiguousarray(array), allow_pickle=False)
-        return {"file": _FILES[name], "shape": list(array.shape), "dtype": str(array.dtype)}
+        np.save(folder / _file(name), np.ascontiguousarray(array), allow_pickle=False)
+        return {"file": _file(name), "shape": list(array.shape), "dtype": str(array.dtype)}
 
     @staticmethod
     def read_manifest(path: str | Path) -> dict:
@@ -556,7 +783,7 @@ class CorpusIndex:
             if file.stat().st_size != info.get("bytes"):
                 raise CorruptIndexError(f"{file}: {file.stat().st_size} bytes, the manifest says {info.get('bytes')} "
                                         "(truncated or altered)")
-            if verify and _sha256_file(file) != info.get("sha256"):
+            if verify and "sha256" in info and _sha256_file(file) != info.get("sha256"):
                 raise CorruptIndexError(f"{file}: SHA-256 differs from the manifest (the file was altered)")
 
         documents = _read_documents(path / DOCUMENTS)
@@ -568,7 +795,17 @@ class CorpusIndex:
         store = tuple(settings["store"])
         n = len(documents)
         dense = faiss_index = sparse = vectors = offsets = scales = muvera_fde = None
-        if "dense" in store:
+        quantized = None
+        if "dense" in store and settings.get("dense_quantization", "float32") != "float32":
+            parts = {name[len("dense_"):]: _load_array(path, arrays, name, (None,) * len(info.get("shape", [])))
+                     for name, info in arrays.items() if name.startswith("dense_")}
+            try:
+                quantized = QuantizedDenseIndex.from_arrays(settings["dense_quantization"], parts)
+            except (KeyError, ValueError) as err:
+                raise CorruptIndexError(f"{path / MANIFEST}: the dense codes cannot be read ({err})") from None
+            if len(quantized) != n:
+                raise CorruptIndexError(f"{path}: dense codes for {len(quantized)} documents, the corpus has {n}")
+        elif "dense" in store:
             dense = _load_array(path, arrays, "dense", (n, None))
             if settings.get("dense_index", "flat") == "flat":
                 faiss_index, _ = _build_faiss(dense, "flat", None, 0, 0)
@@ -582,7 +819,18 @@ class CorpusIndex:
                 raise CorruptIndexError(f"{file}: cannot be read ({type(err).__name__}: {err})") from None
             if sparse.shape[0] != n:
                 raise CorruptIndexError(f"{file}: {sparse.shape[0]} rows for {n} documents")
-        if "colbert" in store:
+        if "colbert" in store and settings.get("colbert_storage") == "memmap":
+            from .vector_store import MultiVectorStore, StoreError
+
+            try:
+                mv = MultiVectorStore.open(path / arrays.get("colbert_store", {}).get("directory", "multivectors"))
+            except (StoreError, FileNotFoundError) as err:
+                raise CorruptIndexError(str(err)) from None
+            if len(mv) != n or mv.manifest.get("spec", {}).get("model") != m["fingerprint"]:
+                raise CorruptIndexError(f"{path / 'multivectors'}: holds {len(mv)} documents of another build "
+                                        f"than {path / MANIFEST} ({n} documents)")
+            vectors, offsets, scales = mv.vectors, mv.offsets, mv.scales
+        elif "colbert" in store:
             vectors = _load_array(path, arrays, "colbert_vectors", (None, None))
             offsets = _load_array(path, arrays, "colbert_offsets", (n + 1,))
             if offsets[0] != 0 or offsets[-1] != len(vectors) or np.any(np.diff(offsets) < 0):
@@ -590,6 +838,7 @@ class CorpusIndex:
                                         f"{len(vectors)} multi-vector rows")
             if settings.get("colbert_dtype") == "int8":
                 scales = _load_array(path, arrays, "colbert_scales", (len(vectors),))
+        if "colbert" in store:
             if str(vectors.dtype) != settings.get("colbert_dtype", str(vectors.dtype)):
                 raise CorruptIndexError(f"{path / _FILES['colbert_vectors']}: {vectors.dtype}, the manifest's "
                                         f"settings say colbert_dtype {settings.get('colbert_dtype')!r}")
@@ -602,7 +851,59 @@ class CorpusIndex:
                 muvera_fde = _load_array(path, arrays, "muvera", (n, dim))
         return cls(model, documents, settings=settings, dense=dense, dense_index=faiss_index, sparse=sparse,
                    colbert_vectors=vectors, colbert_offsets=offsets, colbert_scales=scales, muvera_fde=muvera_fde,
-                   fingerprint=fingerprint)
+                   dense_quantized=quantized, fingerprint=fingerprint)
+
+
+def _reduce_vectors(vectors: np.ndarray, out: EncodeOutput, row: int, dim: int | None, prune: dict | None,
+                    stop_ids: np.ndarray | None, pool_factor: int, pool_method: str) -> np.ndarray:
+    """One document's multi-vectors as the index stores them: truncated (Matryoshka), pruned, then pooled."""
+    v = vectors if dim is None else truncate_embeddings(vectors, dim)
+    if prune is not None:
+        token_ids = out.colbert_token_ids[row]
+        if prune["by"] == "stop_tokens":
+            v = prune_tokens(v, keep=~np.isin(token_ids, stop_ids))
+        else:
+            v = prune_tokens(v, importance=lexical_importance(token_ids, out.sparse[row]),
+                             keep_ratio=prune["keep_ratio"])
+    if pool_factor > 1:
+        v = POOL_METHODS[pool_method](v, int(pool_factor))
+    return v
+
+
+def _check_prune(prune: dict | None) -> dict | None:
+    if prune is None or prune is False:
+        return None
+    if not isinstance(prune, dict) or prune.get("by") not in PRUNE_BY or set(prune) - {"by", "keep_ratio"}:
+        raise ValueError(f"prune must be None or {{'by': one of {PRUNE_BY}, 'keep_ratio': float}}, got {prune!r}")
+    if prune["by"] == "stop_tokens":
+        if prune.get("keep_ratio", 1.0) != 1.0:
+            raise ValueError("prune by 'stop_tokens' drops a fixed set of tokens: it takes no keep_ratio")
+        return {"by": "stop_tokens", "keep_ratio": 1.0}
+    ratio = float(prune.get("keep_ratio", 0.5))
+    if not 0 < ratio <= 1:
+        raise ValueError(f"prune keep_ratio must be in (0, 1], got {ratio}")
+    return {"by": prune["by"], "keep_ratio": ratio}
+
+
+def _check_dim(name: str, dim: int | None, full: int) -> int | None:
+    if dim is None:
+        return None
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not 1 <= dim <= full:
+        raise ValueError(f"{name} must be None or an integer in [1, {full}] (the model's dimension), got {dim!r}")
+    return None if dim == full else int(dim)
+
+
+def _calibration_vectors(model: M3Model, calibration, dim: int | None, max_length: int,
+                         batch_size: int) -> np.ndarray | None:
+    """Dense vectors that set the int8 ranges: given as vectors, or texts encoded as passages."""
+    if calibration is None:
+        return None
+    if isinstance(calibration, np.ndarray):
+        x = np.asarray(calibration, dtype=np.float32)
+    else:
+        x = model.encode_corpus(check_texts(list(calibration)), batch_size=batch_size, max_length=max_length,
+                                return_sparse=False, return_colbert=False, show_progress=False).dense
+    return x if dim is None or x.shape[1] == dim else truncate_embeddings(x, dim)
 
 
 def default_muvera_config(dimension: int, **changes) -> fde.FDEConfig:
@@ -658,9 +959,14 @@ def _read_faiss(file: Path, n: int, settings: dict) -> faiss.Index:
     return index
 
 
+def _file(name: str) -> str:
+    """The file an array is saved in: the fixed names, and ``<name>.npy`` for the dense codes' arrays."""
+    return _FILES.get(name, f"{name}.npy")
+
+
 def _load_array(path: Path, arrays: dict, name: str, shape: tuple) -> np.ndarray:
     info = arrays.get(name)
-    file = path / _FILES[name]
+    file = path / _file(name)
     if not isinstance(info, dict):
         raise CorruptIndexError(f"{path / MANIFEST}: field 'arrays.{name}' is missing")
     try:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import faiss
 import numpy as np
 import torch
 
@@ -80,7 +81,10 @@ class _BlockScorer:
         """(block, n) scores of every document with one function (dense, sparse or exhaustive MaxSim)."""
         if component not in self._full:
             ix, q = self.index, self.q
-            if component == "dense":
+            if component == "dense" and ix.dense_quantized is not None:
+                all_ids = np.broadcast_to(np.arange(len(ix)), (len(q), len(ix)))
+                s = ix.dense_quantized.rescore(q.dense, all_ids)
+            elif component == "dense":
                 s = scoring.dense_scores(q.dense, ix.dense)
             elif component == "sparse":
                 s = scoring.sparse_scores_inverted(q.sparse_csr, ix.inverted)
@@ -97,6 +101,8 @@ class _BlockScorer:
         ix = self.index
         # The full matrix when it is already there or cheap: always for sparse (one sparse product), for
         # dense with an exact (flat) index, for MaxSim when the candidates cover most of the corpus.
+        if component == "dense" and ix.dense_quantized is not None and component not in self._full:
+            return np.where(valid, ix.dense_quantized.rescore(self.q.dense, cand), np.nan).astype(np.float32)
         full = (component in self._full or component == "sparse"
                 or (component == "dense" and ix.settings["dense_index"] == "flat")
                 or (component == "colbert" and valid.sum() > 0.5 * cand.shape[0] * len(ix)))
@@ -125,8 +131,12 @@ class _BlockScorer:
         """
         n = len(self.index)
         k = min(k, n)
-        _, ids = self.index.dense_index.search(np.ascontiguousarray(self.q.dense, dtype=np.float32),
-                                               min(n, k + 16))
+        q = np.ascontiguousarray(self.q.dense, dtype=np.float32)
+        if self.index.dense_quantized is not None:  # quantised first stage, float query rescoring (ST semantics)
+            multiplier = int(self.index.settings.get("rescore_multiplier", 4))
+            ids = self.index.dense_quantized.candidates(q, min(n, k * multiplier))
+            return _best_first(ids, self.pairs("dense", ids), k)
+        _, ids = self.index.dense_index.search(q, min(n, k + 16))
         ids = ids.astype(np.int64)
         return _best_first(ids, self.pairs("dense", ids), k)
 
@@ -137,7 +147,8 @@ class _BlockScorer:
 
         ix = self.index
         q_fde = muvera.encode_queries([np.asarray(v, dtype=np.float32) for v in self.q.colbert], ix.muvera_config)
-        _, ids = ix.muvera_index.search(q_fde, min(k, len(ix)))
+        # exact inner product straight on the stored array (an IndexFlatIP would hold a second copy)
+        _, ids = faiss.knn(q_fde, ix.muvera_fde, min(k, len(ix)), metric=faiss.METRIC_INNER_PRODUCT)
         return ids.astype(np.int64)
 
     def rank(self, mode: str, top_k: int, weights: tuple[float, float, float], candidates: int) -> Ranking:
@@ -148,7 +159,7 @@ class _BlockScorer:
             idx, s = _top_k(self.full("sparse"), top_k, positive=True)  # no shared token -> not retrieved
             return Ranking(idx, s, sparse=s)
         if mode == "colbert":
-            if self.index.muvera_index is None:
+            if self.index.muvera_fde is None:
                 idx, s = _top_k(self.full("colbert"), top_k)
                 return Ranking(idx, s, colbert=s)
             cand = self.muvera_candidates(candidates)
@@ -185,23 +196,10 @@ def _few_query_rows(queries: Sequence[np.ndarray]) -> bool:
 
 
 def _maxsim_one_query(q: np.ndarray, docs: Sequence[np.ndarray]) -> np.ndarray:
-    """s_mul of one query against each document, by :func:`scoring.colbert_scores` one document at a time.
-
-    For a single query, padding the documents into one block (what ``colbert_scores_chunked``
-    does, best for many queries) costs more memory traffic than the MaxSim itself; here each
-    document's rows are used in place, straight from the contiguous array.
-    """
-    qt = torch.from_numpy(np.ascontiguousarray(q, dtype=np.float32))[None]
-    q_mask = torch.ones(qt.shape[:2], dtype=torch.bool)
-    out = np.empty(len(docs), dtype=np.float32)
-    with torch.inference_mode():
-        for i, d in enumerate(docs):
-            if len(d) == 0:  # no vectors: whatever the padded path gives
-                out[i] = scoring.colbert_scores_chunked([q], [d])[0, 0]
-                continue
-            p = torch.from_numpy(np.ascontiguousarray(d, dtype=np.float32))[None]
-            out[i] = scoring.colbert_scores(qt, q_mask, p, torch.ones(p.shape[:2], dtype=torch.bool))[0, 0]
-    return out
+    """s_mul of one query against each document (:func:`scoring.colbert_scores_one_query`): for a single
+    query, padding the documents into one block (``colbert_scores_chunked``, best for many queries)
+    costs more memory traffic than the MaxSim itself."""
+    return scoring.colbert_scores_one_query(q, docs)
 
 
 def _best_first(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

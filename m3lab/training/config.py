@@ -21,6 +21,7 @@ from typing import Any, Iterable, Union
 
 import yaml
 
+from ..modeling.matryoshka import check_matryoshka_dims
 from ..scoring import FUNCTIONS
 from .samplers import TABLE9_BOUNDARIES
 
@@ -122,6 +123,8 @@ class TrainConfig:
     ensemble_weights: list[float] = field(default_factory=lambda: [1.0, 0.3, 1.0])
     loss_weights: dict[str, float] | None = None  # e.g. {sparse: 0.1, inter: 1.0, kd_sparse: 0.1}; None: the form's
     use_teacher_scores: bool = False
+    matryoshka_dims: list[int] | None = None      # e.g. [256, 128, 64]: also train truncated embeddings (MRL)
+    matryoshka_weights: list[float] | None = None  # one per dim; None: all 1
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
     # ---- logging and checkpoints
     log_steps: int = 10
@@ -381,6 +384,21 @@ def validate(c: TrainConfig, where: str = "config") -> None:
                  + f"; expected some of {', '.join(LOSS_WEIGHT_KEYS)}")
         if w < 0:
             fail(f"loss_weights.{key}", f"must be >= 0, got {w}")
+    if c.matryoshka_dims is not None:
+        try:
+            check_matryoshka_dims(c.matryoshka_dims, None)
+        except ValueError as err:
+            fail("matryoshka_dims", f"{err} (expected distinct positive integers below the model's hidden size, "
+                                    "e.g. [256, 128, 64])")
+    if c.matryoshka_weights is not None:
+        if c.matryoshka_dims is None:
+            fail("matryoshka_weights", "given without matryoshka_dims")
+        if len(c.matryoshka_weights) != len(c.matryoshka_dims):
+            fail("matryoshka_weights", f"expected one weight per dim of {c.matryoshka_dims}, "
+                                       f"got {c.matryoshka_weights}")
+        bad = [w for w in c.matryoshka_weights if w < 0]
+        if bad:
+            fail("matryoshka_weights", f"must be >= 0, got {bad[0]}")
     if c.length_boundaries is not None:
         b = c.length_boundaries
         if len(b) < 2 or any(x < 0 for x in b) or any(x >= y for x, y in zip(b, b[1:])):

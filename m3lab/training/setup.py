@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import torch
 
 from ..modeling import M3Model
-from .config import TrainConfig
+from ..modeling.matryoshka import check_matryoshka_dims
+from .config import ConfigError, TrainConfig
 
 
 def apply_freeze(model: M3Model, freeze: Sequence[str]) -> None:
@@ -33,6 +34,28 @@ def apply_freeze(model: M3Model, freeze: Sequence[str]) -> None:
     for module in frozen:
         for p in module.parameters():
             p.requires_grad_(False)
+
+
+def check_matryoshka_model(config: TrainConfig, model: M3Model) -> tuple[int, ...] | None:
+    """``config.matryoshka_dims`` checked against the model: each dim at most the dense (hidden) size and the
+    multi-vector head's size, and below at least one of them (the full-size loss is always included).
+
+    Returns the dims largest first (None when unset); raises :class:`ConfigError` naming the key.
+    """
+    if config.matryoshka_dims is None:
+        return None
+    sizes = {"the model's hidden size (dense dimension)": model.hidden_size,
+             "the multi-vector (colbert) dimension": model.colbert_linear.out_features}
+    try:
+        for name, size in sizes.items():
+            dims = check_matryoshka_dims(config.matryoshka_dims, size, name=name)
+    except ValueError as err:
+        raise ConfigError(f"config: 'matryoshka_dims': {err}") from None
+    full = [d for d in dims if all(d == size for size in sizes.values())]
+    if full:
+        raise ConfigError(f"config: 'matryoshka_dims': {full[0]} is the model's full dimension; the full-size loss "
+                          "is always included: list only smaller dims")
+    return dims
 
 
 def pick_device(device: str) -> torch.device:

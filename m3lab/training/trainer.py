@@ -40,7 +40,7 @@ from .data import TrainingData
 from .frozen import LowerLayerCache, freeze_lower_layers
 from .monitor import CollapseMonitor, _JsonlLog, _truncate_log, _Window, data_summary, progress_postfix
 from .samplers import TABLE9_BOUNDARIES, LengthGroupedBatchSampler
-from .setup import amp_dtype, apply_freeze, make_optimizer, pick_device
+from .setup import amp_dtype, apply_freeze, check_matryoshka_model, make_optimizer, pick_device
 from .step import training_step
 
 logger = logging.getLogger("m3lab.training")
@@ -102,6 +102,9 @@ class Trainer:
                                              device=self.device, dtype=torch.float32)
         if self.world > 1:  # the same starting weights on every process (as DDP does)
             dist.broadcast_parameters(self.model)
+        dims = check_matryoshka_model(c, self.model)
+        if dims is not None:  # saved with every checkpoint (m3lab_config.json): the sizes it was trained for
+            self.model.matryoshka_dims = list(dims)
         if c.gradient_checkpointing:
             self.model.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.model.train()
@@ -248,7 +251,8 @@ class Trainer:
         functions = stage.trained_functions
         common = dict(functions=functions, form=c.loss_form, temperature=c.temperature,
                       ensemble_weights=tuple(c.ensemble_weights), use_teacher_scores=c.use_teacher_scores,
-                      loss_weights=dict(c.loss_weights) if c.loss_weights is not None else None)
+                      loss_weights=dict(c.loss_weights) if c.loss_weights is not None else None,
+                      matryoshka_dims=c.matryoshka_dims, matryoshka_weights=c.matryoshka_weights)
         self.loss_fns = {False: M3Loss(self_distill=False, **common)}
         if stage.uses_self_distill:
             self.loss_fns[True] = M3Loss(self_distill=True, **common)

@@ -341,3 +341,38 @@ def _wrap(text: str, width: int = 80, limit: int = 400) -> str:
             line = f"{line} {w}" if line else w
     lines.append(line)
     return "<br>".join(lines)
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both axes (lower x, higher y), by increasing x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def tradeoff_scatter(records: Sequence[Mapping[str, Any]], *, x: str = "p50_ms", y: str = "ndcg@10",
+                     color: str = "mode", log_x: bool = True, title: str | None = None) -> go.Figure:
+    """Quality against cost for index variants (:func:`m3lab.evaluation.tradeoffs.compare_variants`
+    records): one point per variant, coloured by ``color``, the Pareto front (nothing both cheaper and
+    better) joined by a line."""
+    rows = [r for r in records if r.get(x) is not None and r.get(y) is not None]
+    if not rows:
+        return empty_figure("no results")
+    fig = go.Figure()
+    for g, group in enumerate(dict.fromkeys(str(r.get(color, "")) for r in rows)):
+        sub = [r for r in rows if str(r.get(color, "")) == group]
+        fig.add_trace(go.Scatter(
+            x=[r[x] for r in sub], y=[r[y] for r in sub], mode="markers+text", name=group,
+            text=[html.escape(str(r["variant"])) for r in sub], textposition="top center", textfont={"size": 9},
+            marker={"size": 10, "color": COLORS.get(group, _PALETTE[g % len(_PALETTE)])},
+            hovertemplate="%{text}<br>" + f"{x} %{{x:.4g}}<br>{y} %{{y:.4f}}<extra></extra>"))
+    front = pareto_front([(float(r[x]), float(r[y])) for r in rows])
+    fig.add_trace(go.Scatter(x=[rows[i][x] for i in front], y=[rows[i][y] for i in front], mode="lines",
+                             name="Pareto front", line={"dash": "dot", "color": "#888"}, hoverinfo="skip"))
+    fig.update_xaxes(title=x, type="log" if log_x else "linear")
+    fig.update_yaxes(title=y)
+    return _layout(fig, title if title is not None else f"{y} against {x}", height=460)
