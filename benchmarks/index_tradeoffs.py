@@ -151,6 +151,9 @@ def load_corpus(name: str, data_dir: str | None) -> Corpus:
     return xquad_corpus(data_dir) if name == "xquad" else haystack_corpus(data_dir)
 
 
+ORDER = {v.name: i for i, v in enumerate(VARIANTS)}
+
+
 def markdown(records: list[dict], header: str) -> str:
     lines = [header, "",
              "| corpus | variant | recall@10 | recall@100 | nDCG@10 | p50 ms | p95 ms | bytes/doc | build s |",
@@ -187,6 +190,10 @@ def main() -> None:
     model = M3Model.from_pretrained(args.model)
     out = Path(args.out)
     records = json.loads(out.read_text()) if out.is_file() else []  # other corpora's records are kept
+    wanted = set(args.variants.split(",")) if args.variants else None
+    unknown = sorted(wanted - set(ORDER)) if wanted else []
+    if unknown:
+        ap.error(f"unknown variants {unknown}; the variants are {', '.join(ORDER)}")
     for name in (["xquad", "haystack"] if args.corpus == "both" else [args.corpus]):
         corpus = load_corpus(name, args.data_dir)
         print(f"{name}: {len(corpus.documents):,} documents, {len(corpus.queries):,} queries", flush=True)
@@ -196,12 +203,13 @@ def main() -> None:
         if args.encode_only:
             continue
         queries = args.queries if name == "xquad" else args.haystack_queries
-        variants = [v for v in VARIANTS if name in v.corpora and (not args.variants or v.name in args.variants)]
+        variants = [v for v in VARIANTS if name in v.corpora and (wanted is None or v.name in wanted)]
         new = compare_variants(model, name, corpus.documents, corpus.queries, corpus.qrels, variants=variants,
                                encodings=encodings, encode_s=encode_s, n_queries=queries,
                                n_latency=args.latency_queries, seed=args.seed, log=lambda s: tqdm.write(s))
         done = {(r["corpus"], r["variant"]) for r in new}
         records = [r for r in records if (r["corpus"], r["variant"]) not in done] + new
+        records.sort(key=lambda r: (r["corpus"], ORDER.get(r["variant"], len(ORDER))))  # VARIANTS' order
         header = (f"Index trade-offs, model {args.model!r}, {platform.processor() or platform.machine()}, "
                   f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; "
                   "`python benchmarks/index_tradeoffs.py`")

@@ -263,6 +263,11 @@ def colbert_scores_one_query(query: np.ndarray, passages: Sequence[np.ndarray], 
     columns (``np.maximum.reduceat``); the mean over query vectors is eq. 3's 1/N. One GEMM per block
     instead of one per passage: for bge-m3-sized passages (~200 vectors) the per-call overhead of a
     small GEMM otherwise dominates. A passage with no vector gets what :func:`colbert_scores` gives it.
+
+    ``passages`` stored back to back (an object with ``offsets`` and ``rows(a, b)``, as
+    :class:`m3lab.retrieval.compression.FloatVectors` and ``Int8Vectors``: a whole index's
+    multi-vectors) are multiplied block by block where they lie, without gathering them into a copy
+    (for float32 storage a block is a view): exhaustive MaxSim reads each stored vector once.
     """
     q = torch.from_numpy(np.ascontiguousarray(query, dtype=np.float32))
     n = len(passages)
@@ -272,6 +277,9 @@ def colbert_scores_one_query(query: np.ndarray, passages: Sequence[np.ndarray], 
     if len(q) == 0 or n == 0:
         out[:] = colbert_scores_chunked([np.asarray(query, dtype=np.float32)], passages)[0] if n else 0
         return out
+    offsets = getattr(passages, "offsets", None)
+    if offsets is not None and hasattr(passages, "rows") and len(offsets) == n + 1:
+        return _one_query_contiguous(q, passages, np.asarray(offsets, dtype=np.int64), lengths, block_rows, out)
     with torch.inference_mode():
         a = 0
         while a < n:
@@ -289,6 +297,31 @@ def colbert_scores_one_query(query: np.ndarray, passages: Sequence[np.ndarray], 
                 if lengths[i] == 0:
                     out[i] = colbert_scores_chunked([np.asarray(query, dtype=np.float32)], [passages[i]])[0, 0]
             a = b
+    return out
+
+
+def _one_query_contiguous(q: torch.Tensor, passages, offsets: np.ndarray, lengths: np.ndarray, block_rows: int,
+                          out: np.ndarray) -> np.ndarray:
+    """:func:`colbert_scores_one_query` on passages stored back to back: blocks of whole passages of at
+    most ``block_rows`` rows (or one longer passage), each ``passages.rows(start, end)`` in one GEMM."""
+    n = len(lengths)
+    empty = np.flatnonzero(lengths == 0)
+    with torch.inference_mode():
+        a = 0
+        while a < n:
+            b = max(int(np.searchsorted(offsets, offsets[a] + block_rows, side="right")) - 1, a + 1)
+            b = min(b, n)
+            start, end = int(offsets[a]), int(offsets[b])
+            if end > start:
+                block = np.ascontiguousarray(passages.rows(start, end), dtype=np.float32)
+                sim = (q @ torch.from_numpy(block).T).numpy()  # (L_q, rows)
+                # segments start at each non-empty passage; an empty one in between adds no column
+                full = np.flatnonzero(lengths[a:b] > 0) + a
+                out[full] = np.maximum.reduceat(sim, offsets[full] - start, axis=1).mean(axis=0)
+            a = b
+    if len(empty):
+        zero = colbert_scores_chunked([q.numpy()], [np.zeros((0, q.shape[1]), dtype=np.float32)])[0, 0]
+        out[empty] = zero
     return out
 
 

@@ -256,3 +256,29 @@ def test_colbert_scores_one_query_equals_the_padded_computation(dtype):
         got = scoring.colbert_scores_one_query(q, docs, block_rows=block_rows)
         # float32 sums of 32 products in another order: relative error ~1e-6 of the values (|s| ~ 5)
         np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("storage", ["float32", "float16", "int8"])
+def test_colbert_scores_one_query_on_passages_stored_back_to_back(storage):
+    """Passages stored as one array cut by offsets (an index's multi-vectors) are scored where they lie,
+    block by block: the values equal the padded computation on the same (decoded) vectors, with empty
+    passages at the start, in the middle and at the end, and blocks that split the corpus anywhere."""
+    from m3lab.retrieval.compression import FloatVectors, Int8Vectors, quantize_int8
+
+    rng = np.random.default_rng(1)
+    lengths = np.concatenate([[0], rng.integers(0, 40, size=150), [0, 0]])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    vectors = rng.normal(size=(int(offsets[-1]), 32)).astype(np.float32)
+    if storage == "int8":
+        codes, scales = quantize_int8(vectors)
+        stored = Int8Vectors(codes, scales, offsets)
+    else:
+        stored = FloatVectors(vectors.astype(storage), offsets)
+    decoded = [np.asarray(stored[i], dtype=np.float32) for i in range(len(stored))]
+    q = rng.normal(size=(5, 32)).astype(np.float32)
+    expect = scoring.colbert_scores_chunked([q], decoded)[0]
+    for block_rows in (1, 37, 1 << 15):
+        got = scoring.colbert_scores_one_query(q, stored, block_rows=block_rows)
+        # as above: float32 sums of 32 products in another order
+        np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-5)
+    assert got[0] == expect[0] and got[-1] == expect[-1]

@@ -61,15 +61,17 @@ def dequantize_int8(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return codes.astype(np.float32) * np.asarray(scales, dtype=np.float32)[:, None]
 
 
-class Int8Vectors(Sequence):
-    """The documents' multi-vectors as int8 codes and per-vector scales, one document per item.
+class PackedVectors(Sequence):
+    """The documents' multi-vectors stored back to back, cut by ``offsets``: one document per item.
 
-    ``vectors[i]`` dequantises document ``i`` (rows ``offsets[i]:offsets[i+1]``) to float32 on
-    demand; ``lengths`` gives the vector counts without dequantising. What the scorers read.
+    ``lengths`` gives the vector counts without touching the vectors; :meth:`rows` gives a range
+    of rows of consecutive documents as float32, so that a single-query scorer multiplies many
+    documents at once without gathering them (``scoring.colbert_scores_one_query``). What the
+    scorers read; subclasses say how the rows are stored.
     """
 
-    def __init__(self, codes: np.ndarray, scales: np.ndarray, offsets: np.ndarray):
-        self.codes, self.scales, self.offsets = codes, scales, offsets
+    def __init__(self, offsets: np.ndarray):
+        self.offsets = offsets
         self.lengths = np.diff(offsets)
 
     def __len__(self) -> int:
@@ -78,8 +80,41 @@ class Int8Vectors(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
-        a, b = self.offsets[i], self.offsets[i + 1]
+        return self._document(self.offsets[i], self.offsets[i + 1])
+
+    def _document(self, a: int, b: int) -> np.ndarray:
+        return self.rows(a, b)
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+class Int8Vectors(PackedVectors):
+    """int8 codes and per-vector scales: ``vectors[i]`` dequantises document ``i`` to float32 on demand."""
+
+    def __init__(self, codes: np.ndarray, scales: np.ndarray, offsets: np.ndarray):
+        super().__init__(offsets)
+        self.codes, self.scales = codes, scales
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """Rows ``a:b``, dequantised to float32."""
         return dequantize_int8(self.codes[a:b], self.scales[a:b])
+
+
+class FloatVectors(PackedVectors):
+    """One (total, dim) float32 or float16 array: ``vectors[i]`` is a view of document ``i``'s rows in
+    the storage dtype."""
+
+    def __init__(self, vectors: np.ndarray, offsets: np.ndarray):
+        super().__init__(offsets)
+        self.vectors = vectors
+
+    def _document(self, a: int, b: int) -> np.ndarray:
+        return self.vectors[a:b]
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """Rows ``a:b`` as float32: a view for float32 storage, a cast copy for float16."""
+        return np.asarray(self.vectors[a:b], dtype=np.float32)
 
 
 def pool_tokens(vectors: np.ndarray, pool_factor: int, *, protected: int = 0) -> np.ndarray:

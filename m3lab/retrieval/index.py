@@ -54,6 +54,7 @@ from .compression import (
     COLBERT_DTYPES,
     POOL_METHODS,
     PRUNE_BY,
+    FloatVectors,
     Int8Vectors,
     lexical_importance,
     prune_sparse,
@@ -539,7 +540,7 @@ class CorpusIndex:
             if self.colbert_scales is not None:
                 self._doc_views = Int8Vectors(self.colbert_vectors, self.colbert_scales, o)
             else:
-                self._doc_views = [self.colbert_vectors[o[i]:o[i + 1]] for i in range(len(self))]
+                self._doc_views = FloatVectors(self.colbert_vectors, o)
         return self._doc_views
 
     def _require(self, component: str) -> None:
