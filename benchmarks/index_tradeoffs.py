@@ -184,7 +184,6 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "index_tradeoffs.json"))
     ap.add_argument("--encode-only", action="store_true", help="fill the encoding cache and stop")
     args = ap.parse_args()
-    args.variants = set(args.variants.split(",")) if args.variants else None
     if args.threads:
         torch.set_num_threads(args.threads)
     model = M3Model.from_pretrained(args.model)
