@@ -16,10 +16,11 @@ __version__ = "0.1.0"
 from .modeling import EncodeOutput, M3Embeddings, M3Model, ScoreOutput, score_encoded  # noqa: E402
 from .scoring import DEFAULT_WEIGHTS  # noqa: E402
 
-__all__ = ["M3Model", "EncodeOutput", "ScoreOutput", "M3Embeddings", "score_encoded", "DEFAULT_WEIGHTS", "CorpusIndex"]
+__all__ = ["M3Model", "EncodeOutput", "ScoreOutput", "M3Embeddings", "score_encoded", "DEFAULT_WEIGHTS", "CorpusIndex", "QdrantIndex"]
 
 # imported on first use, so that `import m3lab` stays light (faiss, plotly and umap load only when needed)
-_LAZY = {"CorpusIndex": ("m3lab.retrieval", "CorpusIndex"), "inspect": ("m3lab.viz.inspect", None),
+_LAZY = {"CorpusIndex": ("m3lab.retrieval", "CorpusIndex"), "QdrantIndex": ("m3lab.retrieval", "QdrantIndex"),
+         "inspect": ("m3lab.viz.inspect", None),
          "plots": ("m3lab.viz.plots", None), "projection": ("m3lab.viz.projection", None)}
 
 

@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "eval": "m3lab.evaluation.cli",
     "index": "m3lab.retrieval.cli",
     "train": "m3lab.training.cli",
+    "export": "m3lab.onnx",
     "demo": "app.main",
 }
 

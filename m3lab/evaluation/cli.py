@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -108,11 +111,27 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--index-spec", default=None, metavar="SPEC",
                    help="index storage: a preset (" + ", ".join(PRESETS) + ") and/or key=value options, e.g. "
                         "'compact' or 'muvera,colbert_dtype=int8' (default: exact float32; see docs/evaluation.md)")
+    p.add_argument("--backend", choices=["memory", "qdrant"], default="memory",
+                   help="where the corpus is indexed: m3lab's in-process CorpusIndex (default) or Qdrant "
+                        "(QdrantIndex: embedded qdrant-edge under --qdrant-path, or a server at --qdrant-url)")
+    p.add_argument("--qdrant-path", default=None, metavar="DIR",
+                   help="--backend qdrant: folder for the embedded collections (default: a temporary folder)")
+    p.add_argument("--qdrant-url", default=None, metavar="URL", help="--backend qdrant: a Qdrant server or cluster")
     p.add_argument("--mcls", action="store_true", help="encode documents with a [CLS] every 256 tokens (appendix B.2)")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--allow-untrained-heads", action="store_true",
                    help="evaluate sparse/colbert/hybrid even for a model without trained M3 heads")
     p.set_defaults(func=run_eval)
+
+
+def _qdrant_index(model, data, args: argparse.Namespace, folder: Path | None):
+    """A QdrantIndex of ``data``'s corpus, one collection per corpus (built once, resumed or reused after)."""
+    from ..retrieval.qdrant import QdrantIndex
+
+    key = corpus_fingerprint(data.corpus)[:16]
+    where = {"url": args.qdrant_url} if args.qdrant_url else {"path": folder / key}
+    return QdrantIndex.build(model, data.corpus, collection=f"m3lab-eval-{key}", max_length=args.max_length,
+                             batch_size=args.batch_size, colbert_dtype="float32", **where)
 
 
 def _split_list(value: str | None) -> list[str] | None:
@@ -138,6 +157,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.max_length < 2:
         raise ValueError(f"--max-length must be >= 2, got {args.max_length}")
     spec = parse_index_spec(args.index_spec)
+    if args.backend == "qdrant" and (spec or args.dense_index != "flat" or args.mcls or bitext):
+        raise ValueError("--backend qdrant stores every function as Qdrant does: it takes no --index-spec, "
+                         "--dense-index or --mcls, and evaluates retrieval datasets (not tatoeba)")
 
     model = None
     if any(m != "bm25" for m in modes):
@@ -152,10 +174,14 @@ def run_eval(args: argparse.Namespace) -> int:
                 raise ValueError("no mode left to evaluate: add dense or a BM25 mode, or --allow-untrained-heads")
     settings = {"max_length": args.max_length, "pooling": model.pooling if model else None, "split": args.split,
                 "weights": list(weights), "candidates": args.candidates, "top_k": args.top_k,
-                "dense_index": args.dense_index, "mcls": args.mcls, "index_spec": args.index_spec}
+                "dense_index": args.dense_index, "mcls": args.mcls, "index_spec": args.index_spec, "backend": args.backend}
     logger.info("m3lab eval: %s on %s (%s), modes %s", model or "BM25", dataset,
                 ", ".join(str(x) for x in languages), ", ".join(modes))
 
+    qdrant_dir = None
+    if args.backend == "qdrant" and args.qdrant_url is None:
+        qdrant_dir = Path(args.qdrant_path) if args.qdrant_path else Path(tempfile.mkdtemp(prefix="m3lab-eval-qdrant-"))
+    opened: list = []  # Qdrant indexes, closed at the end (a temporary folder is removed then)
     results: list[dict] = []
     indexes: dict[str, CorpusIndex] = {}  # by corpus hash: xquad-cross reuses the English index
     for i, lang in enumerate(languages, 1):
@@ -168,7 +194,10 @@ def run_eval(args: argparse.Namespace) -> int:
         else:
             target: M3Model | CorpusIndex | None = model
             index_modes = [m for m in modes if m in INDEX_MODES]
-            if index_modes and kind == "xquad-cross":
+            if index_modes and args.backend == "qdrant":
+                target = _qdrant_index(model, data, args, qdrant_dir)
+                opened.append(target)
+            elif index_modes and kind == "xquad-cross":
                 key = corpus_fingerprint(data.corpus)
                 if key not in indexes:
                     store = sorted({c for m in index_modes for c in mode_functions(m, weights)})
@@ -188,6 +217,10 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"[{i}/{len(languages)}] {dataset} {lang or ''} ({size}, {time.perf_counter() - t0:.0f}s): "
               f"{'accuracy' if bitext else 'nDCG@10'} {summary}", file=sys.stderr, flush=True)
 
+    for index in opened:
+        index.close()
+    if qdrant_dir is not None and not args.qdrant_path:
+        shutil.rmtree(qdrant_dir, ignore_errors=True)
     print(format_table(results))
     if args.json:
         write_json(args.json, {"results": results, "model": args.model, "m3lab_version": __version__,

@@ -26,6 +26,7 @@ from ..retrieval.bm25 import (
 )
 from ..retrieval.index import MODES as INDEX_MODES
 from ..retrieval.index import CorpusIndex, corpus_fingerprint, document_text
+from ..retrieval.qdrant import QdrantIndex
 from ..retrieval.ranker import mode_functions
 from ..retrieval.spec import describe_spec, options_for_store, parse_index_spec
 
@@ -78,7 +79,7 @@ def judged_queries(dataset: RetrievalDataset) -> list:
     return [q for q in dataset.queries if any(v > 0 for v in dataset.qrels.get(q.id, {}).values())]
 
 
-def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | None, dataset: RetrievalDataset,
+def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | QdrantIndex | None, dataset: RetrievalDataset,
                        modes: Sequence[str] = INDEX_MODES, *, top_k: int = 100,
                        weights: Sequence[float] = scoring.DEFAULT_WEIGHTS, candidates: int = 100,
                        max_length: int = 512, batch_size: int = 32, dense_index: str = "flat", mcls: bool = False,
@@ -88,7 +89,7 @@ def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | None, dataset: Re
 
     ``model_or_index``: an :class:`M3Model` (the corpus is indexed here, storing only what
     the modes need, in float32 unless ``index_spec`` (:mod:`m3lab.retrieval.spec`) asks for other
-    storage), a :class:`CorpusIndex` already built on this corpus, or ``None`` when the
+    storage), a :class:`CorpusIndex` or :class:`QdrantIndex` already built on this corpus, or ``None`` when the
     only mode is ``bm25``. Rankings are ``top_k`` deep (100: Recall@100 needs it). Queries
     without a relevant document are left out, as MTEB does. Returns one dict per mode:
     ``{"dataset", "language", "mode", "ndcg@10", "recall@10", "recall@100", "mrr@10",
@@ -103,7 +104,7 @@ def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | None, dataset: Re
     base = {"dataset": dataset_label or dataset.name, "language": language or dataset.query_language}
     if dataset.corpus_language and dataset.corpus_language != dataset.query_language:
         base["corpus_language"] = dataset.corpus_language
-    index = model_or_index if isinstance(model_or_index, CorpusIndex) else None
+    index = model_or_index if _is_index(model_or_index) else None
     model = index.model if index is not None else model_or_index
     if model is None and any(m != "bm25" for m in modes):
         raise ValueError(f"modes {[m for m in modes if m != 'bm25']} need a model")
@@ -119,7 +120,7 @@ def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | None, dataset: Re
                        **options_for_store(parse_index_spec(index_spec), components)}
             index = CorpusIndex.build(model, dataset.corpus, max_length=max_length, batch_size=batch_size,
                                       store=components, mcls=mcls, show_progress=show_progress, **options)
-        elif corpus_fingerprint(index.documents) != corpus_fingerprint(dataset.corpus):
+        elif _held_corpus(index) != corpus_fingerprint(dataset.corpus):
             raise ValueError(f"the index holds another corpus than dataset {dataset.name!r} "
                              f"({len(index)} vs {len(dataset.corpus)} documents)")
         q = index.encode_queries(query_texts, components=components, max_length=max_length, batch_size=batch_size,
@@ -129,7 +130,7 @@ def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | None, dataset: Re
         for m in index_modes:
             r = rankings[m]
             results[m] = {**retrieval_metrics(qrels, _run([x.id for x in queries], index.doc_ids, r.indices, r.scores)),
-                          "seconds": round(seconds, 2), "index": describe_spec(index.settings)}
+                          "seconds": round(seconds, 2), "index": _describe(index)}
     for m in (m for m in modes if m in BM25_MODES):
         t0 = time.perf_counter()
         analyzer = (standard_analyzer(dataset.corpus_language) if m == "bm25"
@@ -140,6 +141,22 @@ def evaluate_retrieval(model_or_index: M3Model | CorpusIndex | None, dataset: Re
                       "seconds": round(time.perf_counter() - t0, 2)}
     return [{**base, "mode": m, **results[m], "n_queries": len(queries), "n_documents": len(dataset.corpus)}
             for m in modes]
+
+
+def _is_index(x) -> bool:
+    """A :class:`CorpusIndex` or a :class:`QdrantIndex` (both rank encoded queries)."""
+    return isinstance(x, (CorpusIndex, QdrantIndex))
+
+
+def _held_corpus(index) -> str:
+    fingerprint = getattr(index, "corpus_fingerprint", None)  # a QdrantIndex keeps it in its manifest
+    return fingerprint if isinstance(fingerprint, str) else corpus_fingerprint(index.documents)
+
+
+def _describe(index) -> str:
+    if isinstance(index, CorpusIndex):
+        return describe_spec(index.settings)
+    return f"qdrant-{index.backend.kind},colbert_dtype={index.settings['colbert_dtype']}"
 
 
 def top1_rates(index: CorpusIndex, dataset: RetrievalDataset, *, mode: str = "hybrid",

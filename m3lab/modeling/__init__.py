@@ -17,8 +17,9 @@ from .model import (
            score_encoded,
 )
 from .outputs import EncodeOutput, M3Embeddings, ScoreOutput, sparse_dicts_to_csr
+from .pool import EncodePool
 
 __all__ = ["M3Model", "M3Embeddings", "EncodeOutput", "ScoreOutput", "score_encoded", "plan_batches", "check_texts",
            "dense_embedding", "sparse_token_weights", "colbert_embedding", "init_heads", "sparse_dicts_to_csr",
            "resolve_model_path", "POOLINGS", "CPU_BATCH_OVERHEAD_TOKENS", "MCLS_INTERVAL", "COLBERT_FILE", "SPARSE_FILE", "CONFIG_FILE",
-           "truncate_embeddings", "check_matryoshka_dims"]
+           "truncate_embeddings", "check_matryoshka_dims", "EncodePool"]

@@ -54,7 +54,8 @@ def sparse_token_weights(hidden: torch.Tensor, sparse_linear: nn.Linear, input_i
     tokenizer has) get weight 0, so padding never contributes.
     """
     weights = torch.relu(sparse_linear(hidden)).squeeze(-1)
-    keep = ~torch.isin(input_ids, drop_ids)
+    # Not torch.isin: it has no ONNX export, and drop_ids holds at most four ids.
+    keep = (input_ids.unsqueeze(-1) != drop_ids).all(-1)
     return weights * keep.to(weights.dtype)
 
 

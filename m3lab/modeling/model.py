@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from .hub import (
     saved_settings,
 )
 from .outputs import EncodeOutput, M3Embeddings, ScoreOutput
+
+if TYPE_CHECKING:
+    from .pool import EncodePool
 
 logger = logging.getLogger("m3lab")
 
@@ -100,6 +103,93 @@ def check_texts(texts: str | Iterable[str]) -> list[str]:
         if not isinstance(t, str):
             raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
     return out
+
+
+def tokenize_texts(tokenizer, texts: Sequence[str], *, max_length: int, mcls: bool = False) -> list[list[int]]:
+    """Token ids per text (with special tokens, truncated at ``max_length``, unpadded).
+
+    With ``mcls`` a [CLS] is inserted before every further 256 content tokens
+    (appendix B.2), within ``max_length`` in total.
+    """
+    if not mcls:
+        return tokenizer(list(texts), truncation=True, max_length=max_length, add_special_tokens=True)["input_ids"]
+    cls_id = tokenizer.cls_token_id
+    if cls_id is None:
+        raise ValueError("MCLS needs a tokenizer with a CLS token")
+    out = []
+    # the tokenizer's special-token frame, e.g. [CLS] ... [SEP] or <s> ... </s>
+    frame = tokenizer("", add_special_tokens=True)["input_ids"]
+    prefix = frame[:1] if frame and frame[0] == cls_id else []
+    suffix = frame[len(prefix):]
+    available = max_length - len(frame)
+    for content in tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                             max_length=max_length)["input_ids"]:
+        # every block after the first costs one inserted [CLS]: keep what fits
+        n = min(len(content), available)
+        while n > 0 and n + (n - 1) // MCLS_INTERVAL > available:
+            n -= 1
+        content = content[:n]
+        with_cls: list[int] = []
+        for start in range(0, len(content), MCLS_INTERVAL):
+            if start:
+                with_cls.append(cls_id)
+            with_cls.extend(content[start:start + MCLS_INTERVAL])
+        out.append(prefix + with_cls + suffix)
+    return out
+
+
+def pad_token_ids(ids: Sequence[Sequence[int]], pad_id: int, cls_id: int | None = None) -> dict[str, torch.Tensor]:
+    """Right-pad token ids into ``input_ids``/``attention_mask`` (int64), plus ``cls_mask`` when ``cls_id`` is given (MCLS)."""
+    length = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), length), dtype=torch.long)
+    for i, x in enumerate(ids):
+        input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        mask[i, : len(x)] = 1
+    batch = {"input_ids": input_ids, "attention_mask": mask}
+    if cls_id is not None:
+        batch["cls_mask"] = (input_ids == cls_id) & mask.bool()
+    return batch
+
+
+def encode_batches(run_batch: Callable[[dict[str, torch.Tensor]], tuple], all_ids: Sequence[Sequence[int]],
+                   batches: Sequence[np.ndarray], collate: Callable[[list], dict[str, torch.Tensor]], *,
+                   dense_dim: int, vocab_size: int, return_dense: bool = True, return_sparse: bool = True,
+                   return_colbert: bool = True, show_progress: bool | None = None,
+                   map_batches: Callable[[list[dict[str, torch.Tensor]]], Iterable[tuple]] | None = None) -> EncodeOutput:
+    """Run ``run_batch`` over planned batches and gather an :class:`EncodeOutput` in input order.
+
+    ``run_batch(collate(ids))`` returns NumPy ``(dense, token_weights, colbert, colbert_mask)`` for
+    one padded batch, as :meth:`M3Model.forward` computes them; the torch model and the ONNX
+    runner (:mod:`m3lab.onnx`) share everything else here. ``map_batches``, if given, computes
+    those outputs for all the collated batches at once, in order, instead (the worker processes of
+    :class:`m3lab.modeling.pool.EncodePool`). A progress bar shows for more than 8 batches unless
+    ``show_progress`` says otherwise.
+    """
+    n = len(all_ids)
+    dense = np.zeros((n, dense_dim), dtype=np.float32) if return_dense else None
+    sparse: list | None = [None] * n if return_sparse else None
+    colbert: list | None = [None] * n if return_colbert else None
+    colbert_ids: list | None = [None] * n if return_colbert else None
+    show = len(batches) > 8 if show_progress is None else show_progress
+    collated = [collate([all_ids[i] for i in idx]) for idx in batches] if map_batches else None
+    outputs = iter(map_batches(collated)) if map_batches else None
+    for k, idx in enumerate(tqdm(batches, desc="encode", disable=not show)):
+        batch = collated[k] if collated is not None else collate([all_ids[i] for i in idx])
+        d_np, w_np, c_np, m_np = next(outputs) if outputs is not None else run_batch(batch)
+        if return_dense:
+            dense[idx] = d_np
+        ids_np = batch["input_ids"].cpu().numpy()
+        if return_sparse:
+            for row, i in enumerate(idx):
+                sparse[i] = _max_weights(ids_np[row], w_np[row])
+        if return_colbert:
+            for row, i in enumerate(idx):
+                colbert[i] = np.ascontiguousarray(c_np[row][m_np[row]])
+                colbert_ids[i] = ids_np[row, 1:][m_np[row]]
+    return EncodeOutput(dense=dense, sparse=sparse, colbert=colbert,
+                        input_ids=[np.asarray(x, dtype=np.int64) for x in all_ids],
+                        vocab_size=vocab_size, colbert_token_ids=colbert_ids)
 
 
 class M3Model(nn.Module):
@@ -262,52 +352,12 @@ class M3Model(nn.Module):
 
     # ------------------------------------------------------------------ tokenisation
     def tokenize(self, texts: Sequence[str], *, max_length: int = 512, mcls: bool = False) -> list[list[int]]:
-        """Token ids per text (with special tokens, truncated, unpadded).
-
-        With ``mcls`` a [CLS] is inserted before every further 256 content tokens
-        (appendix B.2), within ``max_length`` in total.
-        """
-        max_length = min(max_length, self.max_positions)
-        if not mcls:
-            return self.tokenizer(list(texts), truncation=True, max_length=max_length,
-                                  add_special_tokens=True)["input_ids"]
-        cls_id = self.tokenizer.cls_token_id
-        if cls_id is None:
-            raise ValueError("MCLS needs a tokenizer with a CLS token")
-        out = []
-        # the tokenizer's special-token frame, e.g. [CLS] ... [SEP] or <s> ... </s>
-        frame = self.tokenizer("", add_special_tokens=True)["input_ids"]
-        prefix = frame[:1] if frame and frame[0] == cls_id else []
-        suffix = frame[len(prefix):]
-        available = max_length - len(frame)
-        for content in self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
-                                      max_length=max_length)["input_ids"]:
-            # every block after the first costs one inserted [CLS]: keep what fits
-            n = min(len(content), available)
-            while n > 0 and n + (n - 1) // MCLS_INTERVAL > available:
-                n -= 1
-            content = content[:n]
-            with_cls: list[int] = []
-            for start in range(0, len(content), MCLS_INTERVAL):
-                if start:
-                    with_cls.append(cls_id)
-                with_cls.extend(content[start:start + MCLS_INTERVAL])
-            out.append(prefix + with_cls + suffix)
-        return out
+        """Token ids per text (with special tokens, truncated, unpadded); :func:`tokenize_texts`."""
+        return tokenize_texts(self.tokenizer, texts, max_length=min(max_length, self.max_positions), mcls=mcls)
 
     def collate(self, ids: Sequence[Sequence[int]], *, mcls: bool = False) -> dict[str, torch.Tensor]:
         """Right-pad token ids into ``input_ids``/``attention_mask`` tensors (plus ``cls_mask`` for MCLS)."""
-        length = max(len(x) for x in ids)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(ids), length), pad, dtype=torch.long)
-        mask = torch.zeros((len(ids), length), dtype=torch.long)
-        for i, x in enumerate(ids):
-            input_ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
-            mask[i, : len(x)] = 1
-        batch = {"input_ids": input_ids, "attention_mask": mask}
-        if mcls:
-            batch["cls_mask"] = (input_ids == self.tokenizer.cls_token_id) & mask.bool()
-        return batch
+        return pad_token_ids(ids, self.tokenizer.pad_token_id or 0, self.tokenizer.cls_token_id if mcls else None)
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -342,7 +392,8 @@ class M3Model(nn.Module):
     # ------------------------------------------------------------------ inference
     def encode(self, texts: str | Sequence[str], *, batch_size: int = 32, max_length: int = 512,
                return_dense: bool = True, return_sparse: bool = True, return_colbert: bool = True,
-               mcls: bool = False, show_progress: bool | None = None) -> EncodeOutput:
+               mcls: bool = False, show_progress: bool | None = None, pool: EncodePool | None = None,
+               processes: int | None = None, devices: Sequence[str] | None = None) -> EncodeOutput:
         """Embed texts with the three functions.
 
         Texts are sorted by token length so each batch has little padding, then run in
@@ -351,6 +402,10 @@ class M3Model(nn.Module):
         extra forward pass costs (:func:`plan_batches`). The results do not depend on the
         batching beyond float rounding, and come back in input order. A progress bar shows
         for more than 8 batches unless ``show_progress`` says otherwise.
+
+        ``pool`` (an :class:`~m3lab.modeling.pool.EncodePool`), or ``processes`` / ``devices`` (a pool
+        for this call), runs the same batches in several worker processes; the output is the
+        single-process one.
 
         An empty or whitespace-only text is encoded like ``""``: only the special tokens.
         Its dense vector is the model's vector for that input, its sparse dict holds no
@@ -367,33 +422,30 @@ class M3Model(nn.Module):
         all_ids = self.tokenize(texts, max_length=max_length, mcls=mcls) if texts else []
         batches = plan_batches([len(x) for x in all_ids], batch_size,
                                CPU_BATCH_OVERHEAD_TOKENS if self.device.type == "cpu" else None)
-        n = len(texts)
-        dense = np.zeros((n, self.colbert_linear.in_features), dtype=np.float32) if return_dense else None
-        sparse: list | None = [None] * n if return_sparse else None
-        colbert: list | None = [None] * n if return_colbert else None
-        colbert_ids: list | None = [None] * n if return_colbert else None
-        show = len(batches) > 8 if show_progress is None else show_progress
         self.eval()
-        with torch.inference_mode():
-            for idx in tqdm(batches, desc="encode", disable=not show):
-                batch = {k: v.to(self.device) for k, v in self.collate([all_ids[i] for i in idx], mcls=mcls).items()}
-                out = self(**batch)
-                if return_dense:
-                    dense[idx] = out.dense.float().cpu().numpy()
-                ids_np = batch["input_ids"].cpu().numpy()
-                if return_sparse:
-                    w_np = out.token_weights.float().cpu().numpy()
-                    for row, i in enumerate(idx):
-                        sparse[i] = _max_weights(ids_np[row], w_np[row])
-                if return_colbert:
-                    c_np = out.colbert.float().cpu().numpy()
-                    m_np = out.colbert_mask.cpu().numpy()
-                    for row, i in enumerate(idx):
-                        colbert[i] = np.ascontiguousarray(c_np[row][m_np[row]])
-                        colbert_ids[i] = ids_np[row, 1:][m_np[row]]
-        return EncodeOutput(dense=dense, sparse=sparse, colbert=colbert,
-                            input_ids=[np.asarray(x, dtype=np.int64) for x in all_ids],
-                            vocab_size=self.vocab_size, colbert_token_ids=colbert_ids)
+
+        def run(batch: dict[str, torch.Tensor]) -> tuple:
+            out = self(**{k: v.to(self.device) for k, v in batch.items()})
+            numpy = lambda t, wanted: t.float().cpu().numpy() if wanted else None  # noqa: E731
+            return (numpy(out.dense, return_dense), numpy(out.token_weights, return_sparse),
+                    numpy(out.colbert, return_colbert), out.colbert_mask.cpu().numpy() if return_colbert else None)
+
+        own_pool = None
+        if pool is None and (processes or devices) and batches:
+            from .pool import EncodePool
+
+            pool = own_pool = EncodePool(self, processes=processes, devices=devices)
+        wanted = (return_dense, return_sparse, return_colbert)
+        try:
+            with torch.inference_mode():
+                return encode_batches(run, all_ids, batches, lambda ids: self.collate(ids, mcls=mcls),
+                                      dense_dim=self.hidden_size, vocab_size=self.vocab_size,
+                                      return_dense=return_dense, return_sparse=return_sparse,
+                                      return_colbert=return_colbert, show_progress=show_progress,
+                                      map_batches=(lambda b: pool.map_batches(b, wanted)) if pool else None)
+        finally:
+            if own_pool is not None:
+                own_pool.close()
 
     def encode_queries(self, queries: str | Sequence[str], *, max_length: int | None = None, **kwargs) -> EncodeOutput:
         """:meth:`encode` for queries: the query prompt before each, cut at the query max length.

@@ -1,4 +1,5 @@
-"""Retrieval: index storage (:mod:`.index`), ranking in every mode (:mod:`.ranker`), BM25 baselines (:mod:`.bm25`)."""
+"""Retrieval: index storage (:mod:`.index`), ranking in every mode (:mod:`.ranker`), the Qdrant-backed index
+(:mod:`.qdrant`), BM25 baselines (:mod:`.bm25`)."""
 from .index import (
            CorpusIndex,
            CorruptIndexError,
@@ -7,7 +8,8 @@ from .index import (
            document_text,
            model_fingerprint,
 )
+from .qdrant import QdrantIndex
 from .ranker import Ranking, SearchResult
 
-__all__ = ["CorpusIndex", "SearchResult", "Ranking", "CorruptIndexError", "ModelMismatchError", "model_fingerprint",
+__all__ = ["CorpusIndex", "QdrantIndex", "SearchResult", "Ranking", "CorruptIndexError", "ModelMismatchError", "model_fingerprint",
            "corpus_fingerprint", "document_text"]

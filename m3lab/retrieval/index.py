@@ -50,6 +50,7 @@ from ..data.records import Document, unique_ids
 from ..modeling import EncodeOutput, M3Model, check_texts
 from . import muvera as fde
 from ..modeling.matryoshka import truncate_embeddings
+from ..modeling.pool import EncodePool
 from .compression import (
     COLBERT_DTYPES,
     POOL_METHODS,
@@ -217,7 +218,8 @@ class CorpusIndex:
               sparse_top_k: int | None = None, query_sparse_top_k: int | None = None,
               mcls: bool = False, with_titles: bool = True, encodings: EncodeOutput | None = None,
               ivf_nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
-              show_progress: bool = True) -> CorpusIndex:
+              show_progress: bool = True, pool: EncodePool | None = None, processes: int | None = None,
+              devices: Sequence[str] | None = None) -> CorpusIndex:
         """Encode ``documents`` with ``model`` and index them.
 
         ``store``: which functions to keep (all three by default); ``dense_index``: ``"flat"``
@@ -247,8 +249,14 @@ class CorpusIndex:
         one encoding (the benchmarks and notebook 08 do). ``mcls`` encodes the
         documents with a [CLS] every 256 tokens (appendix B.2). Documents are encoded with
         :meth:`M3Model.encode_corpus` (the model's passage prompt; ``max_length`` defaults to
-        its passage max length), longest first in chunks, under one progress bar.
+        its passage max length), longest first in chunks, under one progress bar; ``processes`` or
+        ``devices`` (or a ``pool``) encode them in worker processes (:class:`m3lab.modeling.pool.EncodePool`),
+        with the same result.
         """
+        if pool is None and (processes or devices) and encodings is None:
+            with EncodePool(model, processes=processes, devices=devices) as own:
+                args = {k: v for k, v in locals().items() if k not in ("cls", "own", "processes", "devices", "pool")}
+                return cls.build(args.pop("model"), args.pop("documents"), pool=own, **args)
         docs = as_documents(documents)
         store = tuple(store)
         if not store or any(s not in STORES for s in store):
@@ -310,7 +318,7 @@ class CorpusIndex:
             else:
                 out = model.encode_corpus([texts[i] for i in idx], batch_size=batch_size, max_length=max_length,
                                           return_dense=need["dense"], return_sparse=need["sparse"],
-                                          return_colbert=need["colbert"], mcls=mcls, show_progress=False)
+                                          return_colbert=need["colbert"], mcls=mcls, show_progress=False, pool=pool)
             if dense is not None:
                 dense[idx] = out.dense if dense_dim is None else truncate_embeddings(out.dense, dense_dim)
             if "sparse" in store:
@@ -379,9 +387,17 @@ class CorpusIndex:
         uncommitted chunk; with anything else it refuses (the store's spec names what differs). When
         every chunk is in, the dense, sparse and MUVERA arrays are assembled (and the dense codes
         trained), the manifest is written last, and the index is returned loaded, its multi-vectors
-        an ``np.memmap``. ``options`` are :meth:`build`'s.
+        an ``np.memmap``. ``options`` are :meth:`build`'s (``processes`` / ``devices``: one pool of
+        encoding workers for the whole build).
         """
         from .vector_store import MultiVectorStoreWriter
+
+        if options.get("pool") is None and (options.get("processes") or options.get("devices")):
+            with EncodePool(model, processes=options.pop("processes", None), devices=options.pop("devices", None)) as own:
+                return cls.build_on_disk(model, documents, path, chunk_size=chunk_size, show_progress=show_progress,
+                                         pool=own, **options)
+        options.pop("processes", None)
+        options.pop("devices", None)
 
         docs = as_documents(documents)
         path = Path(path)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
-import torch
 
 from .. import scoring
 from ..data.records import Document
