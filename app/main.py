@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"languages of the mini corpus to start with (default all: {','.join(MINI_LANGUAGES)})")
     p.add_argument("--corpus", default=None,
                    help="start with this corpus file (.txt/.jsonl/.csv/.tsv) instead of the mini corpus")
+    p.add_argument("--qdrant", default=None, metavar="DIR",
+                   help="start with a Qdrant index built by `m3lab index build --backend qdrant` (embedded, in DIR)")
     p.add_argument("--cache-dir", default=None, help="index cache root (default $M3LAB_CACHE_DIR or the user cache)")
     p.add_argument("--no-warm-up", action="store_true", help="fit the projection only when the view is opened")
     p.add_argument("--threads", type=int, default=None,
@@ -45,7 +47,7 @@ def default_threads() -> int:
 
 
 def create_app(model: str = "default", *, languages: Sequence[str] = MINI_LANGUAGES, corpus: str | None = None,
-               warm_up: bool = True, threads: int | None = None):
+               warm_up: bool = True, threads: int | None = None, qdrant: str | None = None):
     """Load the model and the starting corpus (index from the cache or built), and build the Blocks.
 
     Returns ``(state, demo)``.
@@ -54,12 +56,17 @@ def create_app(model: str = "default", *, languages: Sequence[str] = MINI_LANGUA
 
     torch.set_num_threads(threads or default_threads())
     from .corpora import mini_corpus, upload_corpus
-    from .state import AppState, build_workspace, load_model
+    from .state import AppState, build_workspace, load_model, qdrant_workspace
     from .ui import build_ui
 
+    if qdrant and corpus:
+        raise ValueError("--qdrant already holds its corpus: give --qdrant or --corpus, not both")
     m = load_model(model)
-    start = upload_corpus(corpus, max_bytes=1 << 62, max_documents=1 << 62) if corpus else mini_corpus(languages)
-    state = AppState(build_workspace(m, model, start))
+    if qdrant:
+        state = AppState(qdrant_workspace(m, model, qdrant))
+    else:
+        start = upload_corpus(corpus, max_bytes=1 << 62, max_documents=1 << 62) if corpus else mini_corpus(languages)
+        state = AppState(build_workspace(m, model, start))
     if warm_up:
         state.warm_up()
     return state, build_ui(state, mini_languages=list(languages))
@@ -77,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     state, demo = create_app(args.model, languages=languages, corpus=args.corpus, warm_up=not args.no_warm_up,
-                             threads=args.threads)
+                             threads=args.threads, qdrant=args.qdrant)
     from .ui import CSS, THEME
 
     logging.getLogger("m3lab.app").info("serving %s", state.workspace.describe())

@@ -169,6 +169,17 @@ def build_workspace(model: M3Model, model_name: str, corpus: Corpus, *, use_cach
     return Workspace(model, model_name, corpus, index, key, False, folder, spec)
 
 
+def qdrant_workspace(model: M3Model, model_name: str, path: str | Path) -> Workspace:
+    """A workspace on an embedded Qdrant index (:class:`m3lab.retrieval.QdrantIndex`): the corpus is what
+    it holds; searches run in the engine. Refused with a message if another model built it."""
+    from m3lab.retrieval import QdrantIndex
+
+    index = QdrantIndex.open(model, path=path)
+    corpus = Corpus(f"Qdrant index {Path(path).name}", index.documents)
+    key = f"qdrant-{index.corpus_fingerprint[:16]}-{model_fingerprint(model)[:16]}"
+    return Workspace(model, model_name, corpus, index, key, True, None, "qdrant")
+
+
 class AppState:
     """The served workspace, swapped atomically; changes are serialised by a lock."""
 

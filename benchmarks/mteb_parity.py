@@ -1,26 +1,20 @@
 """Parity check: MTEB's own XQuADRetrieval evaluation vs ``m3lab eval`` for a plain sentence-transformers model.
 
 MTEB cannot download its data here, so this script rebuilds XQuADRetrieval's corpus, queries and
-qrels from the local XQuAD files with the code of MTEB's task (mteb 1.x,
-``tasks/Retrieval/multilingual/XQuADRetrieval.py``: the source of the ``mteb/XQuADRetrieval`` data
-set that mteb 2.x loads), hands them to MTEB's own task class (its encoder wrapper, exact search and
+qrels from the local XQuAD files with the code of MTEB's task (``m3lab.evaluation.mteb.local_xquad_task``),
+hands them to MTEB's own task class (its encoder wrapper, exact search and
 pytrec_eval scoring), and compares its nDCG@10 (and Recall@10/100, MRR@10) with m3lab's on the
 same model: all-MiniLM-L6-v2 (the ``minilm`` backbone), mean pooling, max length 256.
 
-mteb is not an m3lab dependency. Run it from a scratch environment that has mteb and sees m3lab::
+It needs m3lab's ``mteb`` extra (``pip install -e ".[mteb]"``)::
 
-    python3 -m venv /work/mtebvenv
-    echo /work/venv/lib/python3.11/site-packages > /work/mtebvenv/lib/python3.11/site-packages/zz_project.pth
-    /work/mtebvenv/bin/pip install mteb
-    M3LAB_DATA_DIR=../shared/data /work/mtebvenv/bin/python benchmarks/mteb_parity.py --languages en,de,es
+    M3LAB_DATA_DIR=../shared/data python benchmarks/mteb_parity.py --languages en,de,es
 
 Prints a markdown table and writes it to benchmarks/results/mteb_parity.md.
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import sys
 from pathlib import Path
@@ -29,45 +23,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # m3lab from this checkout, whatever environment runs the script
 
 
-def mteb_xquad(path: Path) -> tuple[dict, dict, dict]:
-    """MTEB 1.x's XQuADRetrieval construction, line for line, on a SQuAD-format XQuAD file.
-
-    The Hugging Face ``google/xquad`` rows are this file flattened in order (article, paragraph,
-    question), with ``context`` the paragraph and ``id`` the question id.
-    """
-    rows = [{"id": qa["id"], "question": qa["question"], "context": p["context"], "answers": qa["answers"]}
-            for a in json.loads(path.read_text(encoding="utf-8"))["data"] for p in a["paragraphs"] for qa in p["qas"]]
-    data = [r for r in rows if r["answers"] and r["answers"][0]["text"]]  # non-empty answer text
-    question_ids = {question: id_ for id_, question in zip([r["id"] for r in data], [r["question"] for r in data])}
-    context_ids = {context: hashlib.sha256(context.encode("utf-8")).hexdigest()
-                   for context in set(r["context"] for r in data)}
-    queries, corpus, relevant = {}, {}, {}
-    for row in data:
-        question, context = row["question"], row["context"]
-        query_id, doc_id = question_ids[question], context_ids[context]
-        queries[query_id] = question
-        corpus[doc_id] = {"text": context}
-        relevant.setdefault(query_id, {})[doc_id] = 1
-    return corpus, queries, relevant
-
-
 def run_mteb(languages: list[str], data_dir: Path, model_dir: str, batch_size: int) -> dict[str, dict]:
     import mteb
-    from mteb.tasks.retrieval.multilingual.x_qu_ad_retrieval import XQuADRetrieval
     from sentence_transformers import SentenceTransformer
 
-    class LocalXQuAD(XQuADRetrieval):
-        def load_data(self, **kwargs):  # MTEB's construction from the local files instead of the Hub
-            self.corpus, self.queries, self.relevant_docs = {}, {}, {}
-            for lang in self.hf_subsets:
-                c, q, r = mteb_xquad(data_dir / "xquad" / f"xquad.{lang}.json")
-                self.corpus[lang], self.queries[lang], self.relevant_docs[lang] = (
-                    {"validation": c}, {"validation": q}, {"validation": r})
-            self.data_loaded = True
+    from m3lab.evaluation.mteb import local_xquad_task
 
     model = SentenceTransformer(model_dir, device="cpu")
     assert model.max_seq_length == 256, model.max_seq_length
-    task = LocalXQuAD().filter_languages(None, hf_subsets=languages)
+    task = local_xquad_task(data_dir, languages)
     result = mteb.evaluate(model, task, cache=None, encode_kwargs={"batch_size": batch_size},
                            show_progress_bar=False)
     scores = result.task_results[0].scores["validation"]
@@ -78,6 +42,7 @@ def run_mteb(languages: list[str], data_dir: Path, model_dir: str, batch_size: i
 def run_m3lab(languages: list[str], data_dir: Path, batch_size: int) -> dict[str, dict]:
     from m3lab.data import load_xquad
     from m3lab.evaluation import evaluate_retrieval
+    from m3lab.evaluation.mteb import mteb_xquad
     from m3lab.modeling import M3Model
 
     model = M3Model.from_pretrained("minilm", pooling="mean", device="cpu")

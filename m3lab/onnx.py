@@ -95,7 +95,7 @@ def export_onnx(model: M3Model, folder: str | os.PathLike, *, opset: int | None 
     sample = cpu.collate(cpu.tokenize(list(CHECK_TEXTS[1:]), max_length=64))
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
     with atomic_directory(folder) as tmp:
-        torch.onnx.export(_Graph(cpu), (sample["input_ids"], sample["attention_mask"]), str(tmp / ONNX_FILE),
+        torch.onnx.export(_Graph(cpu).eval(), (sample["input_ids"], sample["attention_mask"]), str(tmp / ONNX_FILE),
                           dynamo=True, external_data=False, opset_version=opset, input_names=list(INPUT_NAMES),
                           output_names=list(OUTPUT_NAMES), verbose=False,
                           dynamic_shapes={"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}})

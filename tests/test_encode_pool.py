@@ -19,15 +19,10 @@ import torch
 from m3lab.data import load_mini
 from m3lab.modeling import EncodePool
 from m3lab.retrieval import CorpusIndex, QdrantIndex
-from test_index import QUERIES, make_tiny_m3
+from test_index import QUERIES, tiny_m3  # noqa: F401 - test_index's fixture, shared
 from test_qdrant import FP16_TOL, assert_same_ranking
 
 TOL = 1e-6
-
-
-@pytest.fixture(scope="module")
-def tiny_m3(tmp_path_factory, tiny_bert_dir):
-    return make_tiny_m3(tmp_path_factory.mktemp("tiny-m3"), tiny_bert_dir)
 
 
 @pytest.fixture(scope="module")

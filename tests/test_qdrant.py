@@ -24,12 +24,12 @@ pytest.importorskip("qdrant_client")
 from qdrant_client import QdrantClient  # noqa: E402
 
 from m3lab import scoring  # noqa: E402
-from m3lab.data import XQUAD_LANGUAGES, Document, load_mini, load_xquad  # noqa: E402
+from m3lab.data import XQUAD_LANGUAGES, Document, load_xquad  # noqa: E402
 from m3lab.evaluation.retrieval import evaluate_retrieval  # noqa: E402
 from m3lab.modeling import M3Model  # noqa: E402
 from m3lab.retrieval import CorpusIndex, ModelMismatchError, QdrantIndex  # noqa: E402
 from m3lab.retrieval import qdrant as qdrant_module  # noqa: E402
-from test_index import QUERIES, make_tiny_m3  # noqa: E402
+from test_index import QUERIES, make_tiny_m3, mini, tiny_m3  # noqa: E402,F401 - test_index's fixtures, shared
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:Local mode performs exact:UserWarning")]
@@ -73,16 +73,6 @@ def reference_score(reference: CorpusIndex, query: str, mode: str, weights, doc_
 
 def tol_for(results, rtol: float) -> float:
     return rtol * max([abs(r.score) for r in results] + [1.0])
-
-
-@pytest.fixture(scope="module")
-def tiny_m3(tmp_path_factory, tiny_bert_dir):
-    return make_tiny_m3(tmp_path_factory.mktemp("tiny-m3"), tiny_bert_dir)
-
-
-@pytest.fixture(scope="module")
-def mini():
-    return load_mini("en")
 
 
 @pytest.fixture(scope="module")
@@ -323,3 +313,34 @@ def test_cli_builds_shows_and_evaluates_a_qdrant_index(tiny_m3, mini, tmp_path, 
     assert main(["eval", "--model", str(model_dir), "--dataset", "mini", "--backend", "qdrant", "--index-spec",
                  "compact"]) != 0
     assert "--backend qdrant stores every function" in capsys.readouterr().err
+
+
+def test_the_app_searches_and_explains_a_qdrant_index(tiny_m3, tmp_path, monkeypatch):
+    """`m3lab demo --qdrant DIR`: the app's views on an embedded Qdrant index give what they give on
+    the in-memory index of the same corpus (search, per-function scores, Sparse, MaxSim, Projection)."""
+    pytest.importorskip("gradio")
+    from app import callbacks as cb
+    from app.corpora import mini_corpus
+    from app.state import build_workspace, qdrant_workspace
+
+    monkeypatch.setenv("M3LAB_CACHE_DIR", str(tmp_path / "cache"))
+    corpus = mini_corpus(["en", "de"])
+    QdrantIndex.build(tiny_m3, corpus.documents, path=tmp_path / "q", colbert_dtype="float32",
+                      show_progress=False).close()
+    ours = qdrant_workspace(tiny_m3, "tiny", tmp_path / "q")
+    reference = build_workspace(tiny_m3, "tiny", corpus, show_progress=False, spec="colbert_dtype=float32")
+    assert "Qdrant index q" in ours.describe() and len(ours.index) == len(corpus.documents)
+    query = "where is the tower of paris built"
+    for mode in ("dense", "sparse", "multi-vector", "hybrid"):
+        a, b = cb.search(reference, query, mode, top_k=5), cb.search(ours, query, mode, top_k=5)
+        assert list(b.table["id"]) == list(a.table["id"]), mode
+        for column in ("score", "dense", "sparse", "multi-vector"):
+            np.testing.assert_allclose(b.table[column].astype(float), a.table[column].astype(float),
+                                       rtol=0, atol=1e-4, err_msg=f"{mode} {column}")
+    hybrid = cb.search(ours, query, "hybrid", top_k=5)
+    doc = hybrid.session["doc_ids"][0]
+    for view in (cb.sparse_view, cb.maxsim_view):  # each explains the same pair as on the in-memory index
+        assert view(ours, hybrid.session, doc).message == view(reference, cb.search(reference, query, "hybrid",
+                                                                                     top_k=5).session, doc).message
+    np.testing.assert_allclose(ours.index.dense_vectors(), reference.index.dense_vectors(), rtol=0, atol=1e-6)
+    assert cb.projection_view(ours, hybrid.session).figure is not None

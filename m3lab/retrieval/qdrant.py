@@ -95,7 +95,27 @@ def candidate_sources(weights: Sequence[float]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- backends
-class _EdgeBackend:
+class _Scrolling:
+    """What both backends derive from ``scroll``: the payloads and the dense vectors of every point."""
+
+    def scroll_payloads(self, n: int) -> list[dict]:
+        records = self.scroll(n, payload=["doc_id", "text", "title", "language"])
+        _check_complete(records, self.location)
+        return [dict(r.payload or {}) for r in records]
+
+    def scroll_dense(self, n: int) -> list[list[float]]:
+        records = self.scroll(n, payload=False, vector=["dense"])
+        _check_complete(records, self.location)
+        return [r.vector["dense"] for r in records]
+
+
+def _check_complete(records: list, location: str) -> None:
+    missing = [i for i, r in enumerate(records) if r is None]
+    if missing:
+        raise ValueError(f"{location}: points {missing[:5]} are missing ({len(missing)} in all): rebuild the index")
+
+
+class _EdgeBackend(_Scrolling):
     """qdrant-edge-py: Qdrant's own engine as one in-process shard under ``path/shard``."""
 
     kind = "edge"
@@ -203,12 +223,14 @@ class _EdgeBackend:
     def payloads(self, ids: Sequence[int]) -> dict[int, dict]:
         return {int(r.id): dict(r.payload or {}) for r in self.shard.retrieve([int(i) for i in ids], True, False)}
 
-    def scroll_doc_ids(self) -> dict[int, str]:
-        out, offset = {}, None
+    def scroll(self, n: int, *, payload=True, vector=False) -> list:
+        """Every point's payload or vector (or both) by id, ``n`` points in all."""
+        out, offset = [None] * n, None
         while True:
-            records, offset = self.shard.scroll(self.qe.ScrollRequest(
-                offset=offset, limit=1024, with_payload=self.qe.PayloadSelector.Include(["doc_id"])))
-            out.update({int(r.id): r.payload["doc_id"] for r in records})
+            records, offset = self.shard.scroll(self.qe.ScrollRequest(offset=offset, limit=1024, with_payload=payload,
+                                                                      with_vector=vector))
+            for r in records:
+                out[int(r.id)] = r
             if offset is None:
                 return out
 
@@ -218,7 +240,7 @@ class _EdgeBackend:
             self._shard = None
 
 
-class _ClientBackend:
+class _ClientBackend(_Scrolling):
     """qdrant-client: a Qdrant server or cluster (``url``), or a client passed in (its local mode included)."""
 
     kind = "client"
@@ -320,12 +342,13 @@ class _ClientBackend:
         return {int(r.id): dict(r.payload or {}) for r in self.client.retrieve(self.collection, [int(i) for i in ids],
                                                                                 with_payload=True)}
 
-    def scroll_doc_ids(self):
-        out, offset = {}, None
+    def scroll(self, n: int, *, payload=True, vector=False) -> list:
+        out, offset = [None] * n, None
         while True:
-            records, offset = self.client.scroll(self.collection, limit=1024, offset=offset,
-                                                 with_payload=["doc_id"], with_vectors=False)
-            out.update({int(r.id): r.payload["doc_id"] for r in records})
+            records, offset = self.client.scroll(self.collection, limit=1024, offset=offset, with_payload=payload,
+                                                 with_vectors=vector)
+            for r in records:
+                out[int(r.id)] = r
             if offset is None:
                 return out
 
@@ -360,6 +383,7 @@ class QdrantIndex:
         self.manifest = manifest
         self.settings = dict(manifest["settings"])
         self._doc_ids: list[str] | None = None
+        self._documents: list[Document] | None = None
         self.encoded_here = 0  # documents this process encoded in the build that returned it
 
     encode_queries = CorpusIndex.encode_queries  # the same query encoding (prompt, max length, checks)
@@ -529,14 +553,50 @@ class QdrantIndex:
     def doc_ids(self) -> list[str]:
         """Every document's id, by position (read from the payloads once)."""
         if self._doc_ids is None:
-            by_id = self.backend.scroll_doc_ids()
-            self._doc_ids = [by_id[i] for i in range(len(self))]
+            self._doc_ids = [d.id for d in self.documents]
         return self._doc_ids
 
+    @property
+    def documents(self) -> list[Document]:
+        """Every document, by position (read from the payloads once)."""
+        if self._documents is None:
+            self._documents = [_document(p) for p in self.backend.scroll_payloads(len(self))]
+        return self._documents
+
+    @property
+    def max_length(self) -> int:
+        return int(self.settings["max_length"])
+
+    def dense_vectors(self) -> np.ndarray:
+        """The stored dense vectors, (n, d) float32 by position (read from the engine)."""
+        return np.asarray(self.backend.scroll_dense(len(self)), dtype=np.float32)
+
+    def nbytes(self) -> dict[str, int]:
+        """Bytes on disk of an embedded collection (``{"qdrant": ...}``); ``{}`` for a server's."""
+        if self.backend.kind != "edge":
+            return {}
+        return {"qdrant": sum(f.stat().st_size for f in Path(self.backend.path).rglob("*") if f.is_file())}
+
     def info(self) -> dict:
+        n = max(len(self), 1)
+        size = self.nbytes()
         return {"backend": self.backend.kind, "location": self.backend.location, "documents": len(self),
                 "model": self.manifest["model"]["name_or_path"], "settings": self.settings,
-                "created": self.manifest.get("created")}
+                "created": self.manifest.get("created"),
+                "bytes_per_document": {k: v / n for k, v in size.items()}}
+
+    def score_documents(self, queries: EncodeOutput, documents: Sequence[int], row: int = 0) -> dict[str, np.ndarray]:
+        """s_dense, s_lex and s_mul of query ``row`` with the documents at ``documents``, from the engine
+        (:meth:`CorpusIndex.score_documents`; a function the queries lack is NaN, no shared token is 0)."""
+        ids = [int(i) for i in documents]
+        out = {}
+        for f in STORES:
+            if getattr(queries, f) is None:
+                out[f] = np.full(len(ids), np.nan, dtype=np.float32)
+                continue
+            got = dict(self._function_scores(f, _query_vector(queries, f, row), ids)) if ids else {}
+            out[f] = np.array([got.get(i, 0.0) for i in ids], dtype=np.float32)
+        return out
 
     def components_for(self, mode: str, weights: Sequence[float] = scoring.DEFAULT_WEIGHTS) -> tuple[str, ...]:
         return CorpusIndex.components_for(self, mode, weights)
