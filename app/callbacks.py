@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,7 @@ from m3lab.modeling import EncodeOutput, resolve_model_path, score_encoded
 from .corpora import MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, UploadError, load_builtin, upload_corpus
 from m3lab.retrieval.spec import describe_spec
 
-from .state import MODEL_LOCK, AppState, Workspace, build_workspace, dense_of, index_size, load_model
+from .state import MODEL_LOCK, AppState, Workspace, build_workspace, dense_of, index_size
 
 logger = logging.getLogger("m3lab.app")
 
@@ -70,7 +71,13 @@ def md_text(text: str) -> str:
     """User text for a Markdown message, shown as typed and never as markup: line breaks become spaces (as
     Markdown shows them, so no line can start a heading or list), inline Markdown characters are
     backslash-escaped, HTML is escaped."""
-    return html.escape(_MD_INLINE.sub(r"\\\1", _LINE_BREAKS.sub(" ", str(text))))
+    return html.escape(_MD_INLINE.sub(r"\\\1", _LINE_BREAKS.sub(" ", str(text))), quote=False)
+
+
+def md_code(text: str) -> str:
+    """User text as a Markdown code span: shown literally (CommonMark reads neither markup nor entities
+    there), so only backticks and line breaks, which would end or break the span, are replaced."""
+    return "`" + _LINE_BREAKS.sub(" ", str(text)).replace("`", "'") + "`"
 
 
 def plot_label(token: str, special: bool = False) -> str:
@@ -489,6 +496,7 @@ class SwitchView:
     header: str
     preview: pd.DataFrame
     groupings: list[str]
+    key: str  # the workspace the calling session is on now (unchanged when the switch failed)
 
 
 def corpus_preview(ws: Workspace, limit: int = 50) -> pd.DataFrame:
@@ -496,61 +504,66 @@ def corpus_preview(ws: Workspace, limit: int = 50) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["id", "lang", "title", "text"])
 
 
-def _switched(state: AppState, message: str) -> SwitchView:
-    ws = state.workspace
-    return SwitchView(message, ws.describe(), corpus_preview(ws), ws.corpus.groupings)
+def _switched(state: AppState, message: str, key: str | None) -> SwitchView:
+    ws = state.get(key)
+    return SwitchView(message, ws.describe(), corpus_preview(ws), ws.corpus.groupings, ws.key)
 
 
-def _swap_in(state: AppState, model, model_name: str, corpus, progress: Progress, spec: str | None = None) -> Workspace:
-    ws = build_workspace(model, model_name, corpus, progress=progress, spec=spec or state.workspace.spec)
-    state.swap(ws)
-    state.warm_up()
+def _swap_in(state: AppState, model, model_name: str, corpus, progress: Progress, spec: str) -> Workspace:
+    """Build (or load from the cache) a workspace and keep it in the shared cache; only the calling
+    session moves to it (its key goes back to that session)."""
+    _, ws = state.add(build_workspace(model, model_name, corpus, progress=progress, spec=spec))
+    state.warm_up(ws.key)
     return ws
 
 
-def load_builtin_corpus(state: AppState, choice: str, progress: Progress = None) -> SwitchView:
-    """Index a built-in corpus with the current model; on failure the current corpus stays."""
+def load_builtin_corpus(state: AppState, choice: str, progress: Progress = None, key: str | None = None) -> SwitchView:
+    """Index a built-in corpus with the session's model; on failure the session's corpus stays."""
     if not choice:
-        return _switched(state, _error("Pick a data set first."))
+        return _switched(state, _error("Pick a data set first."), key)
+    current = state.get(key)
     with state.switch_lock:
         try:
             corpus = load_builtin(choice)
-            ws = _swap_in(state, state.workspace.model, state.workspace.model_name, corpus, progress)
+            ws = _swap_in(state, current.model, current.model_name, corpus, progress, current.spec)
         except (DataError, OSError, ValueError) as err:
-            return _switched(state, _error(f"Could not load {choice}: {err}. The previous corpus is still loaded."))
-    return _switched(state, f"Loaded **{ws.corpus.name}**: {len(ws.index)} documents "
-                            f"({'index from cache' if ws.from_cache else 'index built'}).")
+            return _switched(state, _error(f"Could not load {md_text(choice)}: {md_text(err)}. The previous corpus "
+                                           "is still loaded."), key)
+    return _switched(state, f"Loaded **{md_text(ws.corpus.name)}**: {len(ws.index)} documents "
+                            f"({'index from cache' if ws.from_cache else 'index built'}).", ws.key)
 
 
 def load_uploaded_corpus(state: AppState, file: str | Path | None, progress: Progress = None,
-                         display_name: str | None = None) -> SwitchView:
-    """Index an uploaded file (limits: 5 MB, 5,000 documents); a bad file gives a message, nothing changes."""
+                         display_name: str | None = None, key: str | None = None) -> SwitchView:
+    """Index an uploaded file (limits: MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS) for the calling session; a
+    bad file gives a message and nothing changes."""
     if not file:
-        return _switched(state, _error("Choose a file to upload first."))
+        return _switched(state, _error("Choose a file to upload first."), key)
     path = Path(file)
+    current = state.get(key)
     with state.switch_lock:
         try:
             corpus = upload_corpus(path, display_name=display_name or path.name,
                                    max_bytes=MAX_UPLOAD_BYTES, max_documents=MAX_UPLOAD_DOCUMENTS)
-            ws = _swap_in(state, state.workspace.model, state.workspace.model_name, corpus, progress)
+            ws = _swap_in(state, current.model, current.model_name, corpus, progress, current.spec)
         except (UploadError, DataError, OSError, ValueError, UnicodeError) as err:
-            return _switched(state, _error(f"{err}. The previous corpus is still loaded."))
-    return _switched(state, f"Loaded **{ws.corpus.name}**: {len(ws.index)} documents.")
+            return _switched(state, _error(f"{md_text(err)}. The previous corpus is still loaded."), key)
+    return _switched(state, f"Loaded **{md_text(ws.corpus.name)}**: {len(ws.index)} documents.", ws.key)
 
 
-def apply_index_spec(state: AppState, spec: str, progress: Progress = None) -> SwitchView:
-    """Re-index the current corpus with another index storage (:mod:`m3lab.retrieval.spec`); on
-    failure the current index stays."""
+def apply_index_spec(state: AppState, spec: str, progress: Progress = None, key: str | None = None) -> SwitchView:
+    """Re-index the session's corpus with another index storage (:mod:`m3lab.retrieval.spec`); on
+    failure the session's index stays."""
     spec = (spec or "").strip() or "default"
+    current = state.get(key)
     with state.switch_lock:
         try:
-            ws = _swap_in(state, state.workspace.model, state.workspace.model_name, state.workspace.corpus,
-                          progress, spec=spec)
+            ws = _swap_in(state, current.model, current.model_name, current.corpus, progress, spec)
         except (DataError, OSError, ValueError) as err:
-            return _switched(state, _error(f"Could not use index storage {spec!r}: {err}. The previous index is "
-                                           "still loaded."))
-    return _switched(state, f"Index storage **{html.escape(spec)}**: {index_size(ws.index)} "
-                            f"({'from cache' if ws.from_cache else 'built'}).")
+            return _switched(state, _error(f"Could not use index storage {md_text(spec)}: {md_text(err)}. The "
+                                           "previous index is still loaded."), key)
+    return _switched(state, f"Index storage **{md_text(spec)}**: {index_size(ws.index)} "
+                            f"({'from cache' if ws.from_cache else 'built'}).", ws.key)
 
 
 def index_spec_table(ws: Workspace) -> pd.DataFrame:
@@ -564,26 +577,37 @@ def index_spec_table(ws: Workspace) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["property", "value"])
 
 
-def load_model_view(state: AppState, name: str, progress: Progress = None) -> SwitchView:
-    """Load a model (``default``, a local directory or a hub id) and index the current corpus with it.
+def load_model_view(state: AppState, name: str, progress: Progress = None, key: str | None = None) -> SwitchView:
+    """Load a model (``default``, a local directory or a hub id) and index the session's corpus with it.
 
-    Any failure (unknown name, offline hub, broken checkpoint) leaves the previous model serving.
+    Any failure (unknown name, offline hub, broken checkpoint) leaves the session's model serving.
     """
     name = (name or "").strip()
     if not name:
-        return _switched(state, _error("Enter a model: `default`, a local directory or a hub id."))
+        return _switched(state, _error("Enter a model: `default`, a local directory or a hub id."), key)
+    current = state.get(key)
     with state.switch_lock:
         try:
             if progress is not None:
                 progress(0.0, desc=f"loading model {name}")
-            model = load_model(name)
-            ws = _swap_in(state, model, name, state.workspace.corpus, progress)
+            model = state.model(name)
+            ws = _swap_in(state, model, name, current.corpus, progress, current.spec)
         except Exception as err:  # noqa: BLE001 - whatever a checkpoint throws, the app keeps serving
             logger.warning("model %r failed to load: %s", name, err)
-            return _switched(state, _error(f"Could not load model {name!r}: {type(err).__name__}: {err}. "
-                                           f"Still serving `{state.workspace.model_name}`."))
-    return _switched(state, f"Loaded model **{name}**" + ("" if ws.model.heads_trained else
-                                                            " (⚠️ untrained heads)") + ".")
+            return _switched(state, _error(f"Could not load model {md_text(name)}: {type(err).__name__}: "
+                                           f"{md_text(_model_error(name, err))}. Still serving "
+                                           f"{md_code(current.model_name)}."), key)
+    return _switched(state, f"Loaded model **{md_text(name)}**" + ("" if ws.model.heads_trained else
+                                                                     " (⚠️ untrained heads)") + ".", ws.key)
+
+
+def _model_error(name: str, err: Exception) -> str:
+    """What went wrong loading ``name``, in the user's terms: a path that does not exist is said so
+    (not as the hub's complaint about repo ids)."""
+    looks_local = name.startswith((".", os.sep, "~")) or name.count("/") > 1  # a hub id is "org/name"
+    if looks_local and not Path(name).expanduser().exists():
+        return f"no such local directory: {name}"
+    return str(err)
 
 
 def model_info(ws: Workspace) -> pd.DataFrame:

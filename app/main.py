@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
                              threads=args.threads, qdrant=args.qdrant)
     from .ui import CSS, THEME
 
-    logging.getLogger("m3lab.app").info("serving %s", state.workspace.describe())
+    ws = state.workspace
+    logging.getLogger("m3lab.app").info("serving model %s, corpus %s (%d documents), index %s, on http://%s:%d",
+                                        ws.model_name, ws.corpus.name, len(ws.index), ws.spec, args.host, args.port)
     demo.queue(default_concurrency_limit=2, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False, show_error=False,
                 theme=THEME, css=CSS, footer_links=["api"], max_file_size="20mb", ssr_mode=False)

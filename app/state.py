@@ -1,13 +1,15 @@
-"""What the app serves: one model, one corpus and its index (a :class:`Workspace`), cached on disk.
+"""What the app serves: per session, a model, a corpus and its index (a :class:`Workspace`), cached on disk.
 
-The server holds one workspace at a time (a local, single-user explorer). Switching the
-model or the corpus builds a new workspace and swaps it in only when it is complete, so a
-failed load leaves the previous one serving and concurrent searches always see a whole one.
+Each session chooses its own workspace (:class:`AppState`): switching the model or the corpus in
+one browser tab builds a workspace and moves that session to it when it is complete, so a failed
+load leaves the session's previous one serving, and other sessions are not touched.
 
 Index cache: ``<cache root>/indexes/<model fingerprint>-<corpus hash>-<settings>/`` holds a
 :class:`m3lab.retrieval.CorpusIndex` (built once, loaded on the next start), and
 ``<cache root>/projections/<same key>.npz`` its 2-D map. The cache root is
-``$M3LAB_CACHE_DIR`` or the platform's user cache for m3lab.
+``$M3LAB_CACHE_DIR`` or the platform's user cache for m3lab. The cache is capped
+(:func:`cache_limit_bytes`, ``$M3LAB_CACHE_MAX_MB``, 2,000 MB by default): after each new index
+is saved the least recently used ones are deleted until the rest fit (never one in use).
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +46,47 @@ Progress = Callable[..., object] | None
 def cache_root() -> Path:
     """``$M3LAB_CACHE_DIR`` if set, else the user cache directory of m3lab."""
     return Path(os.environ.get("M3LAB_CACHE_DIR") or platformdirs.user_cache_dir("m3lab"))
+
+
+def cache_limit_bytes() -> int:
+    """The index cache's cap: ``$M3LAB_CACHE_MAX_MB`` megabytes (default 2,000)."""
+    raw = os.environ.get("M3LAB_CACHE_MAX_MB", "2000")
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ValueError(f"M3LAB_CACHE_MAX_MB must be a number of megabytes, got {raw!r}") from None
+    return int(mb * 1e6)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def enforce_cache_limit(keep: Sequence[Path | None] = (), limit: int | None = None) -> list[Path]:
+    """Delete cached indexes (and their maps), least recently used first, until the cache holds at most
+    ``limit`` bytes (:func:`cache_limit_bytes`); never those in ``keep`` (the ones in use). Returns what
+    was deleted. "Used" is the folder's modification time, which loading and saving set."""
+    limit = cache_limit_bytes() if limit is None else limit
+    root = cache_root() / "indexes"
+    if not root.is_dir():
+        return []
+    folders = [f for f in root.iterdir() if f.is_dir() and not f.name.startswith(".")]
+    sizes = {f: _folder_bytes(f) for f in folders}
+    total = sum(sizes.values())
+    kept = {Path(k).resolve() for k in keep if k is not None}
+    removed = []
+    for folder in sorted(folders, key=lambda f: f.stat().st_mtime):
+        if total <= limit:
+            break
+        if folder.resolve() in kept:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        for projection in (cache_root() / "projections").glob(f"{folder.name}*.npz"):
+            projection.unlink(missing_ok=True)
+        total -= sizes[folder]
+        removed.append(folder)
+        logger.info("index cache over %.0f MB: deleted %s (%.1f MB)", limit / 1e6, folder.name, sizes[folder] / 1e6)
+    return removed
 
 
 def index_key(fingerprint: str, documents: Sequence[Document], settings: dict = INDEX_SETTINGS) -> str:
@@ -151,6 +196,7 @@ def build_workspace(model: M3Model, model_name: str, corpus: Corpus, *, use_cach
             if progress is not None:
                 progress(0.0, desc="loading the cached index")
             index = CorpusIndex.load(folder, model)
+            os.utime(folder)  # used now: the cache evicts the least recently used first
             logger.info("loaded the index of %s from %s", corpus.name, folder)
             return Workspace(model, model_name, corpus, index, key, True, folder, spec)
         except (CorruptIndexError, ModelMismatchError, OSError) as err:
@@ -181,22 +227,85 @@ def qdrant_workspace(model: M3Model, model_name: str, path: str | Path) -> Works
 
 
 class AppState:
-    """The served workspace, swapped atomically; changes are serialised by a lock."""
+    """Every session's workspace, shared in a bounded cache.
 
-    def __init__(self, workspace: Workspace):
-        self._workspace = workspace
-        self.switch_lock = threading.Lock()
+    Each browser session (or API caller) holds the key of the workspace it chose; choosing another
+    corpus, model or index storage adds a workspace here and moves that session alone to it.
+    Loaded workspaces are shared by key (two sessions on the same corpus and model share one
+    index) and at most ``max_workspaces`` stay in memory besides the starting one, least recently
+    used out; an evicted one is loaded again from the disk cache when its session comes back.
+    Models are shared by name the same way. Builds are serialised by ``switch_lock``.
+    """
+
+    def __init__(self, workspace: Workspace, *, max_workspaces: int | None = None):
+        self.default_key = workspace.key
+        self.max_workspaces = max_workspaces or int(os.environ.get("M3LAB_APP_MAX_WORKSPACES", "4"))
+        if self.max_workspaces < 1:
+            raise ValueError(f"max_workspaces must be >= 1, got {self.max_workspaces}")
+        self._loaded: OrderedDict[str, Workspace] = OrderedDict({workspace.key: workspace})
+        self._recipes: dict[str, tuple[str, Corpus, str]] = {workspace.key: (workspace.model_name, workspace.corpus,
+                                                                             workspace.spec)}
+        self._lock = threading.RLock()
+        self.switch_lock = threading.RLock()  # get() may rebuild while a switch holds it
+        enforce_cache_limit(keep=[workspace.cache_dir])
 
     @property
     def workspace(self) -> Workspace:
-        return self._workspace
+        """The starting workspace: what a new session sees."""
+        return self._loaded[self.default_key]
 
-    def swap(self, workspace: Workspace) -> None:
-        self._workspace = workspace
+    def get(self, key: str | None) -> Workspace:
+        """The workspace of a session's ``key`` (the starting one for ``None`` or an unknown key); one
+        evicted from memory is loaded again from the disk cache (or rebuilt, if that was evicted too)."""
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+            recipe = self._recipes.get(key) if key else None
+        if recipe is None:
+            return self.workspace
+        model_name, corpus, spec = recipe
+        with self.switch_lock:
+            with self._lock:
+                if key in self._loaded:
+                    return self._loaded[key]
+            ws = build_workspace(self.model(model_name), model_name, corpus, spec=spec, show_progress=False)
+            return self.add(ws)[1]
 
-    def warm_up(self) -> threading.Thread:
-        """Fit the current corpus map in the background, so the Projection view opens at once."""
-        ws = self.workspace
+    def add(self, workspace: Workspace) -> tuple[str, Workspace]:
+        """Keep ``workspace`` (or the equal one already loaded) and evict the least recently used ones
+        beyond ``max_workspaces``; returns its key and the workspace kept."""
+        with self._lock:
+            key = workspace.key
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return key, self._loaded[key]
+            self._loaded[key] = workspace
+            self._recipes[key] = (workspace.model_name, workspace.corpus, workspace.spec)
+            others = [k for k in self._loaded if k != self.default_key]
+            for old in others[: max(0, len(others) - self.max_workspaces)]:
+                if old != key:
+                    logger.info("unloading workspace %s (least recently used)", old)
+                    del self._loaded[old]
+            in_use = [ws.cache_dir for ws in self._loaded.values()]
+        enforce_cache_limit(keep=in_use)
+        return key, workspace
+
+    def loaded_keys(self) -> list[str]:
+        with self._lock:
+            return list(self._loaded)
+
+    def model(self, name: str) -> M3Model:
+        """A loaded workspace's model of this name, else the model loaded now."""
+        with self._lock:
+            for ws in reversed(self._loaded.values()):
+                if ws.model_name == name:
+                    return ws.model
+        return load_model(name)
+
+    def warm_up(self, key: str | None = None) -> threading.Thread:
+        """Fit a workspace's corpus map in the background, so the Projection view opens at once."""
+        ws = self.get(key)
 
         def run() -> None:
             try:

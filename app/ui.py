@@ -13,7 +13,7 @@ from m3lab.retrieval.spec import PRESETS  # noqa: E402
 
 from . import callbacks as cb  # noqa: E402
 from .corpora import MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, UPLOAD_SUFFIXES, builtin_choices  # noqa: E402
-from .state import AppState  # noqa: E402
+from .state import AppState, cache_limit_bytes  # noqa: E402
 
 EXAMPLES = ["How do plants turn sunlight into energy?", "Wann wurde die Chinesische Mauer gebaut?",
             "¿Qué es la inflación?", "光合作用需要什么？", "what causes inflation"]
@@ -39,6 +39,7 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
     ws0 = state.workspace
     with gr.Blocks(title="m3lab explorer", analytics_enabled=False) as demo:
         session = gr.State({})
+        wskey = gr.State(None)  # this session's workspace (AppState key): its own model, corpus and index
         gr.Markdown("# m3lab explorer\nOne encoder, three retrieval functions (M3-Embedding): **dense**, "
                     "**sparse** (lexical) and **multi-vector** (ColBERT MaxSim), and their **hybrid** sum.")
         header = gr.Markdown(ws0.describe(), elem_id="status")
@@ -139,7 +140,11 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                                     f"{MAX_UPLOAD_BYTES // 2**20} MB and {MAX_UPLOAD_DOCUMENTS:,} documents. "
                                     "`.txt`: one document per line (or per blank-line separated paragraph); "
                                     "`.jsonl`: objects with `text` and optional `id`, `title`, `lang`; "
-                                    "`.csv`/`.tsv`: a header with a `text` column.", elem_id="upload-limits")
+                                    "`.csv`/`.tsv`: a header with a `text` column. What you load here is yours: "
+                                    "other browser sessions keep their own corpus and model. Built indexes are "
+                                    f"cached on disk, at most {cache_limit_bytes() / 1e6:,.0f} MB "
+                                    "(`M3LAB_CACHE_MAX_MB`), least recently used deleted first.",
+                                    elem_id="upload-limits")
                         upload = gr.File(label="Corpus file", file_types=list(UPLOAD_SUFFIXES), elem_id="upload")
                         upload_btn = gr.Button("Index uploaded file", elem_id="upload-btn")
                 with gr.Row():
@@ -171,88 +176,88 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                 info = gr.Dataframe(cb.model_info(ws0), label="Current model", interactive=False, elem_id="model-info")
 
         # ---------------------------------------------------------------- wiring
-        def on_search(q, m, wd, ws_, wc, k, sess):
-            v = cb.search(state.workspace, q, m, wd, ws_, wc, k, sess)
+        def on_search(query, mode, w_dense, w_sparse, w_colbert, top_k, sess, key):
+            v = cb.search(state.get(key), query, mode, w_dense, w_sparse, w_colbert, top_k, sess)
             first = v.choices[0][1] if v.choices else None
             return (v.message, v.table, gr.Dropdown(choices=v.choices, value=first),
                     gr.Dropdown(choices=v.choices, value=first), v.session, v.figure)
 
-        search_io = dict(inputs=[query, mode, w_dense, w_sparse, w_colbert, top_k, session],
+        search_io = dict(inputs=[query, mode, w_dense, w_sparse, w_colbert, top_k, session, wskey],
                          outputs=[search_msg, results, sparse_pick, maxsim_pick, session, breakdown])
         search_btn.click(on_search, api_name="search", concurrency_limit=2, concurrency_id="search", **search_io)
         query.submit(on_search, api_visibility="private", concurrency_limit=2, concurrency_id="search", **search_io)
 
-        def on_sparse(sess, doc_id):
-            v = cb.sparse_view(state.workspace, sess, doc_id)
+        def on_sparse(sess, doc_id, key):
+            v = cb.sparse_view(state.get(key), sess, doc_id)
             return (v.message, plots.weighted_text_html(v.query_spans), plots.weighted_text_html(v.passage_spans),
                     v.query_figure, v.passage_figure, v.match_figure, v.table)
 
-        sparse_io = dict(fn=on_sparse, inputs=[session, sparse_pick],
+        sparse_io = dict(fn=on_sparse, inputs=[session, sparse_pick, wskey],
                          outputs=[sparse_msg, q_text, p_text, q_bar, p_bar, match_bar, match_table])
         sparse_tab.select(api_visibility="private", **sparse_io)
         sparse_pick.input(api_visibility="private", **sparse_io)
 
-        def on_maxsim(sess, doc_id):
-            v = cb.maxsim_view(state.workspace, sess, doc_id)
+        def on_maxsim(sess, doc_id, key):
+            v = cb.maxsim_view(state.get(key), sess, doc_id)
             return v.message, v.figure, v.table
 
-        maxsim_io = dict(fn=on_maxsim, inputs=[session, maxsim_pick], outputs=[maxsim_msg, heatmap, maxsim_table])
+        maxsim_io = dict(fn=on_maxsim, inputs=[session, maxsim_pick, wskey], outputs=[maxsim_msg, heatmap, maxsim_table])
         maxsim_tab.select(api_visibility="private", **maxsim_io)
         maxsim_pick.input(api_visibility="private", **maxsim_io)
 
-        def on_projection(sess, colour, aligned, progress=gr.Progress()):
-            v = cb.projection_view(state.workspace, sess, colour, aligned, progress=progress)
+        def on_projection(sess, colour, aligned, key, progress=gr.Progress()):
+            v = cb.projection_view(state.get(key), sess, colour, aligned, progress=progress)
             return v.message, v.figure
 
-        projection_io = dict(fn=on_projection, inputs=[session, color_by, align],
+        projection_io = dict(fn=on_projection, inputs=[session, color_by, align, wskey],
                              outputs=[projection_msg, projection_plot])
         projection_tab.select(api_visibility="private", **projection_io)
         color_by.input(api_visibility="private", **projection_io)
         align.input(api_visibility="private", **projection_io)
         draw_btn.click(api_name="projection", **projection_io)
 
-        def on_compare(a, b, wd, ws_, wc):
-            v = cb.compare(state.workspace, a, b, wd, ws_, wc)
+        def on_compare(text_a, text_b, w_dense, w_sparse, w_colbert, key):
+            v = cb.compare(state.get(key), text_a, text_b, w_dense, w_sparse, w_colbert)
             return v.message, v.scores, v.score_figure, v.lexical_figure, v.maxsim_figure
 
-        compare_btn.click(on_compare, inputs=[text_a, text_b, cw_dense, cw_sparse, cw_colbert],
+        compare_btn.click(on_compare, inputs=[text_a, text_b, cw_dense, cw_sparse, cw_colbert, wskey],
                           outputs=[compare_msg, compare_table, compare_bars, compare_lex, compare_maxsim],
                           api_name="compare")
 
-        switch_outputs = [header, preview, color_by, info, index_table]
+        switch_outputs = [header, preview, color_by, info, index_table, wskey]
 
         def _after(v: cb.SwitchView):
-            return (v.message, v.header, v.preview,
-                    gr.Radio(choices=v.groupings, value="language"), cb.model_info(state.workspace),
-                    cb.index_spec_table(state.workspace))
+            ws = state.get(v.key)
+            return (v.message, v.header, v.preview, gr.Radio(choices=v.groupings, value="language"),
+                    cb.model_info(ws), cb.index_spec_table(ws), v.key)
 
-        def on_builtin(choice, progress=gr.Progress(track_tqdm=True)):
-            return _after(cb.load_builtin_corpus(state, choice, progress=progress))
+        def on_builtin(name, key, progress=gr.Progress(track_tqdm=True)):
+            return _after(cb.load_builtin_corpus(state, name, progress=progress, key=key))
 
-        def on_upload(file, progress=gr.Progress(track_tqdm=True)):
+        def on_upload(file, key, progress=gr.Progress(track_tqdm=True)):
             name = getattr(file, "orig_name", None) or (os.path.basename(file) if file else None)
-            return _after(cb.load_uploaded_corpus(state, file, progress=progress, display_name=name))
+            return _after(cb.load_uploaded_corpus(state, file, progress=progress, display_name=name, key=key))
 
-        def on_model(name, progress=gr.Progress(track_tqdm=True)):
-            return _after(cb.load_model_view(state, name, progress=progress))
+        def on_model(name, key, progress=gr.Progress(track_tqdm=True)):
+            return _after(cb.load_model_view(state, name, progress=progress, key=key))
 
-        builtin_btn.click(on_builtin, inputs=builtin, outputs=[corpus_msg, *switch_outputs], api_name="load_corpus",
-                          concurrency_id="switch", concurrency_limit=1)
-        upload_btn.click(on_upload, inputs=upload, outputs=[corpus_msg, *switch_outputs], api_name="upload_corpus",
-                         concurrency_id="switch", concurrency_limit=1)
-        model_btn.click(on_model, inputs=model_name, outputs=[model_msg, *switch_outputs], api_name="load_model",
-                        concurrency_id="switch", concurrency_limit=1)
+        builtin_btn.click(on_builtin, inputs=[builtin, wskey], outputs=[corpus_msg, *switch_outputs],
+                          api_name="load_corpus", concurrency_id="switch", concurrency_limit=1)
+        upload_btn.click(on_upload, inputs=[upload, wskey], outputs=[corpus_msg, *switch_outputs],
+                         api_name="upload_corpus", concurrency_id="switch", concurrency_limit=1)
+        model_btn.click(on_model, inputs=[model_name, wskey], outputs=[model_msg, *switch_outputs],
+                        api_name="load_model", concurrency_id="switch", concurrency_limit=1)
 
-        def on_index_spec(spec, progress=gr.Progress(track_tqdm=True)):
-            return _after(cb.apply_index_spec(state, spec, progress=progress))
+        def on_index_spec(spec, key, progress=gr.Progress(track_tqdm=True)):
+            return _after(cb.apply_index_spec(state, spec, progress=progress, key=key))
 
-        index_spec_btn.click(on_index_spec, inputs=index_spec, outputs=[corpus_msg, *switch_outputs],
+        index_spec_btn.click(on_index_spec, inputs=[index_spec, wskey], outputs=[corpus_msg, *switch_outputs],
                              api_name="index_spec", concurrency_id="switch", concurrency_limit=1)
 
         def on_load():
-            ws = state.workspace
+            ws = state.workspace  # a new session starts on the starting workspace
             return ws.describe(), cb.corpus_preview(ws), gr.Radio(choices=ws.corpus.groupings, value="language"), \
-                cb.model_info(ws), cb.index_spec_table(ws)
+                cb.model_info(ws), cb.index_spec_table(ws), ws.key
 
         demo.load(on_load, outputs=switch_outputs, api_visibility="private")
     return demo

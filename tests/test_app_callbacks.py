@@ -364,12 +364,13 @@ def test_upload_jsonl_replaces_the_corpus(state, tmp_path):
                  encoding="utf-8")
     before = state.workspace
     v = cb.load_uploaded_corpus(state, str(f))
-    assert "Loaded" in v.message and state.workspace is not before
+    mine = state.get(v.key)  # the uploading session's workspace; every other session keeps the old one
+    assert "Loaded" in v.message and mine is not before and state.workspace is before
     assert list(v.preview["id"]) == ["d0", "d1", "d2"] and "3 documents" in v.header
-    s = cb.search(state.workspace, "paris tower", "dense", top_k=3)
+    s = cb.search(mine, "paris tower", "dense", top_k=3)
     assert set(s.table["id"]) == {"d0", "d1", "d2"}
     # a small corpus is mapped with PCA
-    assert "PCA" in cb.projection_view(state.workspace, s.session).message
+    assert "PCA" in cb.projection_view(mine, s.session).message
 
 
 def _bad_files(tmp_path):
@@ -404,7 +405,7 @@ def test_bad_uploads_give_messages_and_keep_the_corpus(state, tmp_path):
         assert v.message.startswith("⚠️") and expected in v.message, (path.name, v.message)
         assert str(tmp_path) not in v.message  # the user's file name, not the server's temporary path
         assert "previous corpus is still loaded" in v.message
-        assert state.workspace is before
+        assert state.workspace is before and v.key == before.key
     assert "Choose a file" in cb.load_uploaded_corpus(state, None).message
 
 
@@ -412,10 +413,10 @@ def test_builtin_corpora(state):
     choices = builtin_choices(["en", "de"])
     assert choices[0] == "mini corpus: en, de" and "mini corpus: all languages" in choices
     v = cb.load_builtin_corpus(state, "mini corpus: es")
-    assert "Loaded" in v.message and set(state.workspace.corpus.labels["language"]) == {"es"}
-    before = state.workspace
-    v = cb.load_builtin_corpus(state, "nonsense: xx")
-    assert v.message.startswith("⚠️") and "unknown built-in corpus" in v.message and state.workspace is before
+    assert "Loaded" in v.message and set(state.get(v.key).corpus.labels["language"]) == {"es"}
+    before = state.get(v.key)
+    v = cb.load_builtin_corpus(state, "nonsense: xx", key=before.key)
+    assert v.message.startswith("⚠️") and "unknown built-in corpus" in v.message and state.get(v.key) is before
     assert cb.load_builtin_corpus(state, "").message.startswith("⚠️")
 
 
@@ -449,8 +450,9 @@ def test_a_broken_checkpoint_keeps_the_previous_model(state, tmp_path):
 def test_switching_model_reindexes_the_corpus(state, tiny_xlmr_dir):
     before = state.workspace
     v = cb.load_model_view(state, str(tiny_xlmr_dir))
-    ws = state.workspace
+    ws = state.get(v.key)
     assert "Loaded model" in v.message and ws is not before and ws.key != before.key
+    assert state.workspace is before  # other sessions keep the model they had
     assert ws.corpus is before.corpus and len(ws.index) == len(before.index)
     assert str(tiny_xlmr_dir) in v.header and "untrained heads" in v.header
     info = dict(zip(cb.model_info(ws)["property"], cb.model_info(ws)["value"]))
@@ -476,3 +478,62 @@ def test_index_cache_is_reused_and_rebuilt_when_damaged(tiny_model, tiny_bert_di
     third = build_workspace(tiny_model, "tiny", Corpus("c", docs), show_progress=False)
     assert not third.from_cache
     np.testing.assert_allclose(third.index.dense, first.index.dense, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- sessions and the shared cache
+
+def _corpus_file(tmp_path, name: str, texts: list[str]):
+    f = tmp_path / f"{name}.jsonl"
+    f.write_text("\n".join(json.dumps({"id": f"{name}-{i}", "text": t, "lang": "en"}) for i, t in enumerate(texts)),
+                 encoding="utf-8")
+    return f
+
+
+def test_two_sessions_with_different_corpora_search_at_the_same_time(state, tmp_path):
+    """Each session's choice is its own: A's upload does not change B's corpus, or a new session's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = cb.load_uploaded_corpus(state, str(_corpus_file(tmp_path, "alpha", ["the tower of paris", "a bridge"])))
+    b = cb.load_uploaded_corpus(state, str(_corpus_file(tmp_path, "beta", ["rivers and lakes", "the sea", "rain"])))
+    assert a.key != b.key and "2 documents" in a.header and "3 documents" in b.header
+    with ThreadPoolExecutor(4) as pool:
+        runs = [pool.submit(lambda k=key: cb.search(state.get(k), "paris water", "hybrid", top_k=5))
+                for key in (a.key, b.key) * 4]
+        tables = [r.result().table for r in runs]
+    for i, t in enumerate(tables):
+        prefix = "alpha-" if i % 2 == 0 else "beta-"
+        assert len(t) and all(str(d).startswith(prefix) for d in t["id"]), (i, list(t["id"]))
+    assert state.workspace.corpus.name == "mini corpus (en, de)"  # a new session still starts there
+    # each session's own switch (index storage) moves only that session
+    c = cb.apply_index_spec(state, "exact", key=a.key)
+    assert state.get(c.key).corpus is state.get(a.key).corpus and state.get(b.key).spec == "default"
+
+
+def test_least_recently_used_workspaces_leave_memory_and_come_back_from_the_disk_cache(workspace, cache, tmp_path):
+    state = AppState(workspace, max_workspaces=1)
+    first = cb.load_uploaded_corpus(state, str(_corpus_file(tmp_path, "one", ["paris", "london"])))
+    second = cb.load_uploaded_corpus(state, str(_corpus_file(tmp_path, "two", ["rome", "madrid"])))
+    assert state.loaded_keys() == [workspace.key, second.key]  # the starting workspace stays, "one" left
+    back = state.get(first.key)  # its session comes back: loaded from the disk cache, not rebuilt
+    assert back.key == first.key and back.from_cache and set(d.id for d in back.documents) == {"one-0", "one-1"}
+    assert state.loaded_keys() == [workspace.key, first.key]
+    assert state.get("no-such-key") is workspace
+
+
+def test_the_disk_cache_is_capped_least_recently_used_first(workspace, cache, tmp_path, monkeypatch):
+    from app.state import _folder_bytes, enforce_cache_limit
+
+    state = AppState(workspace)
+    keys = [cb.load_uploaded_corpus(state, str(_corpus_file(tmp_path, f"c{i}", [f"text {i}", f"more {i}"]))).key
+            for i in range(3)]
+    folders = {k: state.get(k).cache_dir for k in keys}
+    sizes = {k: _folder_bytes(f) for k, f in folders.items()}
+    # room for about two of them: the oldest goes, unless it is in use
+    limit = sizes[keys[1]] + sizes[keys[2]] + 1
+    removed = enforce_cache_limit(keep=[folders[keys[2]]], limit=limit)
+    assert removed == [folders[keys[0]]] and not folders[keys[0]].exists()
+    assert folders[keys[1]].exists() and folders[keys[2]].exists()
+    assert enforce_cache_limit(keep=list(folders.values()), limit=0) == []  # nothing in use is deleted
+    monkeypatch.setenv("M3LAB_CACHE_MAX_MB", "lots")
+    with pytest.raises(ValueError, match="M3LAB_CACHE_MAX_MB"):
+        enforce_cache_limit()

@@ -194,6 +194,55 @@ def test_corpus_view_bad_and_good_uploads(page, tmp_path, app):
     assert "m0" in page.inner_text("#results")
 
 
+HOSTILE = '![x](http://203.0.113.5/pixel.png) <img src="http://203.0.113.5/img.png"> [link](http://203.0.113.5/) tower'
+
+
+def test_markdown_and_html_in_user_text_are_shown_as_text_and_fetch_nothing(page, tmp_path):
+    """A query and an uploaded corpus full of image/link markup: every view shows it as typed, and the
+    page makes no request outside 127.0.0.1 (checked again, for the whole session, by the last test)."""
+    corpus = tmp_path / "hostile.jsonl"
+    corpus.write_text("\n".join(json.dumps({"id": f"h{i}", "text": t, "lang": "en", "title": "<b>title</b> *x*"})
+                                for i, t in enumerate([HOSTILE, "the tower of paris", "a bridge over the river"])),
+                      encoding="utf-8")
+    open_tab(page, "Corpus")
+    assert "Loaded upload hostile.jsonl: 3 documents" in upload(page, corpus)
+    assert "<b>title</b> *x*" in page.inner_text("#corpus-preview")
+    open_tab(page, "Search")
+    page.fill("#query textarea", HOSTILE)
+    page.click("#search-btn")
+    msg = wait_text(page, "#search-msg", "pixel.png")  # this search's message, not the last one's
+    assert "3 results for ![x](http://203.0.113.5/pixel.png)" in msg
+    assert '<img src="http://203.0.113.5/img.png">' in page.inner_text("#results")
+    for tab, selector in (("Sparse", "#sparse-msg"), ("MaxSim", "#maxsim-msg")):
+        open_tab(page, tab)
+        page.wait_for_function("s => document.querySelector(s).innerText.length > 0", arg=selector, timeout=WAIT)
+    open_tab(page, "Sparse")
+    assert "203.0.113.5" in page.inner_text("#sparse-query-text")  # the query as text, token by token
+    page.wait_for_timeout(1000)  # give any image a chance to load
+    assert page.locator("img[src*='203.0.113.5']").count() == 0
+    assert page.outside_requests == []
+
+
+def test_a_second_session_keeps_its_own_corpus(page, app):
+    """Another browser (its own session) starts on the starting corpus while this one has the upload,
+    and its search runs on its own corpus."""
+    context = page.context.browser.new_context(viewport={"width": 1400, "height": 1000})  # no shared state
+    other = context.new_page()
+    other.goto(app.url, wait_until="load")
+    other.wait_for_selector("#query textarea", timeout=WAIT)
+    wait_text(other, "#status", "mini corpus (en)")
+    other.fill("#query textarea", QUERY)
+    other.click("#search-btn")
+    wait_text(other, "#search-msg", "results")
+    assert "science-photosynthesis/en" in other.inner_text("#results")
+    context.close()
+    assert "hostile.jsonl" in page.inner_text("#status")  # this session still has its upload
+    open_tab(page, "Search")
+    page.click("#search-btn")  # ... and searches it
+    wait_text(page, "#search-msg", "pixel.png")
+    assert "h0" in page.inner_text("#results") and "science-photosynthesis" not in page.inner_text("#results")
+
+
 def test_no_errors_and_nothing_outside_localhost(page, app):
     assert app.proc.poll() is None, app.output()[-3000:]
     assert "Traceback" not in app.output(), app.output()[-3000:]
