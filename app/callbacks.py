@@ -34,7 +34,9 @@ from m3lab.viz.inspect import (LexicalMatch, MaxSimAlignment, TokenWeight, Unkno
                                maxsim_alignment, special_token_ids, token_weights, unknown_pieces, unknown_token_share)
 from m3lab.modeling import EncodeOutput, resolve_model_path, score_encoded
 
-from .corpora import MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, UploadError, load_builtin, upload_corpus
+from .corpora import (MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, Corpus, UploadError, load_builtin,
+                      load_evaluation_dataset, upload_corpus)
+from m3lab.evaluation.explore import explore_retrieval, fusion_sweep
 from m3lab.retrieval.spec import describe_spec
 
 from .state import MODEL_LOCK, AppState, Workspace, build_workspace, dense_of, index_size
@@ -45,7 +47,7 @@ logger = logging.getLogger("m3lab.app")
 MODES = {"dense": "dense", "sparse": "sparse", "multi-vector": "colbert", "hybrid": "hybrid"}
 MAX_QUERY_CHARS = 2000
 MAX_TOP_K = 100
-RESULT_COLUMNS = ["rank", "id", "lang", "title", "text", "score", "dense", "sparse", "multi-vector"]
+RESULT_COLUMNS = ["rank", "id", "lang", "title", "text", "score", "dense", "sparse", "colbert"]  # fixed: scripts read them
 Session = dict[str, Any]  # per-browser state: the last search {"workspace", "query", "doc_ids"}
 Progress = Callable[..., object] | None
 
@@ -564,6 +566,61 @@ def apply_index_spec(state: AppState, spec: str, progress: Progress = None, key:
                                            "previous index is still loaded."), key)
     return _switched(state, f"Index storage **{md_text(spec)}**: {index_size(ws.index)} "
                             f"({'from cache' if ws.from_cache else 'built'}).", ws.key)
+
+
+# ----------------------------------------------------------------------------- Evaluate
+
+EVAL_MODES = {"dense": "dense", "sparse": "sparse", "colbert": "multi-vector", "hybrid": "hybrid", "bm25": "BM25"}
+
+
+@dataclass
+class EvaluateView:
+    message: str
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    queries: pd.DataFrame = field(default_factory=pd.DataFrame)
+    overlap_figure: go.Figure | None = None
+    fusion_figure: go.Figure | None = None
+
+
+def evaluate_view(ws: Workspace, choice: str, w_dense: float = 1.0, progress: Progress = None,
+                  max_query_rows: int = 500) -> EvaluateView:
+    """Score a data set with questions (its own index, built with the session's model and cached) in
+    every mode, per language and per query, and sweep the hybrid weights
+    (:mod:`m3lab.evaluation.explore`; this only lays the results out)."""
+    try:
+        dataset = load_evaluation_dataset(choice)
+    except (DataError, OSError, ValueError) as err:
+        return EvaluateView(_error(f"Could not load {md_text(choice)}: {md_text(err)}."))
+    w_dense = float(w_dense if w_dense is not None else 1.0)
+    if progress is not None:
+        progress(0.05, desc=f"indexing {len(dataset.corpus)} documents")
+    # the data set's own index (float32, exact scores), cached on disk like any other
+    eval_ws = build_workspace(ws.model, ws.model_name, Corpus(dataset.name, dataset.corpus), spec="exact",
+                              progress=progress, show_progress=False)
+    if progress is not None:
+        progress(0.5, desc=f"ranking {len(dataset.queries)} questions in every mode")
+    with MODEL_LOCK:  # the model's tokenizer is not thread-safe; this encodes every question
+        report = explore_retrieval(eval_ws.index, dataset, list(EVAL_MODES))
+        sweep = fusion_sweep(eval_ws.index, dataset, w_dense=w_dense)
+    table = pd.DataFrame([[r["language"], EVAL_MODES[r["mode"]], r["n_queries"]] +
+                          [round(100 * r[m], 2) for m in ("ndcg@10", "mrr@10", "recall@10", "recall@100")]
+                          for r in report.table],
+                         columns=["language", "mode", "queries", "nDCG@10", "MRR@10", "R@10", "R@100"])
+    ranks = report.gold_ranks
+    queries = pd.DataFrame([[r["query_id"], r["language"], _snippet(r["query"], 120)] +
+                            ["—" if r[m] is None else r[m] for m in EVAL_MODES] for r in ranks[:max_query_rows]],
+                           columns=["query", "lang", "text"] + [f"rank: {v}" for v in EVAL_MODES.values()])
+    w_s, w_c, best = sweep.best
+    hybrid_all = [r for r in report.table if r["mode"] == "hybrid"][-1]  # the "all languages" row comes last
+    message = (f"**{md_text(choice)}**: {len(ranks)} questions, {len(dataset.corpus)} documents, "
+               f"model {md_code(ws.model_name)}. Hybrid (1, 0.3, 1): nDCG@10 {100 * hybrid_all['ndcg@10']:.2f}; "
+               f"best of the sweep at w₁ = {w_dense:g}: w₂ sparse = {w_s:g}, w₃ multi-vector = {w_c:g}, "
+               f"nDCG@10 {100 * best:.2f}. Ranks of each question's relevant passage"
+               + (f" (first {max_query_rows} questions)" if len(ranks) > max_query_rows else "") + " below; "
+               "— = not in the top 100.")
+    return EvaluateView(message, table, queries,
+                        plots.overlap_heatmap(list(EVAL_MODES), report.overlap(10), k=10),
+                        plots.fusion_heatmap(sweep.w_sparse, sweep.w_colbert, sweep.ndcg, w_dense=w_dense))
 
 
 def index_spec_table(ws: Workspace) -> pd.DataFrame:

@@ -142,3 +142,25 @@ def upload_corpus(path: str | Path, *, display_name: str | None = None, max_byte
     if len(docs) > max_documents:
         raise UploadError(f"{name}: {len(docs)} documents is over the limit of {max_documents}")
     return Corpus(f"upload {name}", docs)
+
+
+# ----------------------------------------------------------------------------- data sets with questions
+
+def evaluation_choices(mini_languages: Sequence[str] = MINI_LANGUAGES) -> list[str]:
+    """The data sets the Evaluate view can score (a corpus with questions and relevance judgements)."""
+    choices = [f"mini corpus: {', '.join(mini_languages)}"]
+    if list(mini_languages) != list(MINI_LANGUAGES):
+        choices.append("mini corpus: all languages")
+    return choices + [f"XQuAD: {lang}" for lang in PARALLEL_LANGUAGES]
+
+
+def load_evaluation_dataset(choice: str):
+    """The :class:`m3lab.data.RetrievalDataset` named by one of :func:`evaluation_choices`."""
+    from m3lab.data import load_xquad
+
+    kind, _, arg = (s.strip() for s in (choice or "").partition(":"))
+    if kind == "mini corpus":
+        return load_mini(languages=MINI_LANGUAGES if arg == "all languages" else [a.strip() for a in arg.split(",")])
+    if kind == "XQuAD" and arg:
+        return load_xquad(arg)
+    raise ValueError(f"unknown data set {choice!r}")

@@ -12,7 +12,8 @@ from m3lab.data import MINI_LANGUAGES  # noqa: E402
 from m3lab.retrieval.spec import PRESETS  # noqa: E402
 
 from . import callbacks as cb  # noqa: E402
-from .corpora import MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, UPLOAD_SUFFIXES, builtin_choices  # noqa: E402
+from .corpora import (MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, UPLOAD_SUFFIXES, builtin_choices,  # noqa: E402
+                      evaluation_choices)
 from .state import AppState, cache_limit_bytes  # noqa: E402
 
 EXAMPLES = ["How do plants turn sunlight into energy?", "Wann wurde die Chinesische Mauer gebaut?",
@@ -35,7 +36,7 @@ def _weights(prefix: str) -> tuple[gr.Slider, gr.Slider, gr.Slider]:
 
 
 def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
-    """The explorer's Blocks: seven views over the state's current workspace."""
+    """The explorer's Blocks: eight views, each acting on the calling session's workspace."""
     ws0 = state.workspace
     with gr.Blocks(title="m3lab explorer", analytics_enabled=False) as demo:
         session = gr.State({})
@@ -59,6 +60,7 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                 gr.Examples(EXAMPLES, inputs=query, label="Examples")
                 search_msg = gr.Markdown(elem_id="search-msg")
                 results = gr.Dataframe(headers=cb.RESULT_COLUMNS, interactive=False, wrap=True, elem_id="results",
+                                       label="Results",
                                        column_widths=["5%", "17%", "5%", "11%", "38%", "6%", "6%", "6%", "6%"])
                 breakdown = gr.Plot(label="Score breakdown", elem_id="breakdown")
 
@@ -125,6 +127,28 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                     compare_bars = gr.Plot(label="Scores", elem_id="compare-bars", scale=2)
                 compare_lex = gr.Plot(label="Lexical matches", elem_id="compare-lexical")
                 compare_maxsim = gr.Plot(label="MaxSim", elem_id="compare-maxsim")
+
+            # ------------------------------------------------------------ Evaluate
+            with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate"):
+                gr.Markdown("Score a data set with questions in every mode (dense, sparse, multi-vector, hybrid, "
+                            "BM25) with this session's model: per language, per question (the rank of its relevant "
+                            "passage), how much the modes' top 10 overlap, and nDCG@10 over a grid of hybrid "
+                            "weights. XQuAD needs its files (`M3LAB_DATA_DIR`) or a connection.",
+                            elem_classes="m3-note")
+                with gr.Row(equal_height=True):
+                    eval_choice = gr.Dropdown(evaluation_choices(mini_languages), label="Data set",
+                                              value=evaluation_choices(mini_languages)[0], elem_id="eval-dataset",
+                                              scale=3)
+                    eval_w_dense = gr.Slider(0, 2, value=1.0, step=0.05, label="w₁ dense for the sweep",
+                                             elem_id="eval-w-dense", scale=2)
+                    eval_btn = gr.Button("Evaluate", variant="primary", elem_id="eval-btn", scale=1)
+                eval_msg = gr.Markdown(elem_id="eval-msg")
+                eval_table = gr.Dataframe(label="Language × mode (× 100)", interactive=False, elem_id="eval-table")
+                with gr.Row():
+                    eval_overlap = gr.Plot(label="Top-10 overlap", elem_id="eval-overlap")
+                    eval_fusion = gr.Plot(label="Fusion-weight sweep", elem_id="eval-fusion")
+                eval_queries = gr.Dataframe(label="Per question: rank of the relevant passage", interactive=False,
+                                            wrap=True, elem_id="eval-queries")
 
             # ------------------------------------------------------------ Corpus
             with gr.Tab("Corpus", id="corpus", elem_id="tab-corpus"):
@@ -223,6 +247,14 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
         compare_btn.click(on_compare, inputs=[text_a, text_b, cw_dense, cw_sparse, cw_colbert, wskey],
                           outputs=[compare_msg, compare_table, compare_bars, compare_lex, compare_maxsim],
                           api_name="compare")
+
+        def on_evaluate(dataset, w_dense, key, progress=gr.Progress(track_tqdm=True)):
+            v = cb.evaluate_view(state.get(key), dataset, w_dense, progress=progress)
+            return v.message, v.table, v.overlap_figure, v.fusion_figure, v.queries
+
+        eval_btn.click(on_evaluate, inputs=[eval_choice, eval_w_dense, wskey],
+                       outputs=[eval_msg, eval_table, eval_overlap, eval_fusion, eval_queries], api_name="evaluate",
+                       concurrency_id="evaluate", concurrency_limit=1)
 
         switch_outputs = [header, preview, color_by, info, index_table, wskey]
 

@@ -52,7 +52,7 @@ def state(workspace, cache):
 
 # ----------------------------------------------------------------------------- Search
 
-@pytest.mark.parametrize("mode,column", [("dense", "dense"), ("sparse", "sparse"), ("multi-vector", "multi-vector")])
+@pytest.mark.parametrize("mode,column", [("dense", "dense"), ("sparse", "sparse"), ("multi-vector", "colbert")])
 def test_search_single_mode_ranks_by_its_score(state, mode, column):
     v = cb.search(state.workspace, QUERY, mode, top_k=7)
     t = v.table
@@ -72,9 +72,9 @@ def test_search_components_match_the_models_own_scores(state, tiny_model):
     ref = tiny_model.score([QUERY], [document_text(d) for d in docs], weights=(1.0, 0.3, 1.0))
     np.testing.assert_allclose(v.table["dense"], ref.dense[0], atol=2e-4)
     np.testing.assert_allclose(v.table["sparse"], ref.sparse[0], atol=2e-4)
-    np.testing.assert_allclose(v.table["multi-vector"], ref.colbert[0], atol=2e-4)
+    np.testing.assert_allclose(v.table["colbert"], ref.colbert[0], atol=2e-4)
     # hybrid score = w1 s_dense + w2 s_lex + w3 s_mul, by hand
-    hand = v.table["dense"] + 0.3 * v.table["sparse"] + v.table["multi-vector"]
+    hand = v.table["dense"] + 0.3 * v.table["sparse"] + v.table["colbert"]
     np.testing.assert_allclose(v.table["score"], hand, atol=5e-4)
     assert len(v.figure.data) == 3  # one stacked term per function
 
@@ -83,7 +83,7 @@ def test_search_weights_change_the_hybrid_score(state):
     a = cb.search(state.workspace, QUERY, "hybrid", 1.0, 0.0, 0.0, top_k=3)
     np.testing.assert_allclose(a.table["score"], a.table["dense"], atol=1e-4)
     b = cb.search(state.workspace, QUERY, "hybrid", 0.0, 0.0, 2.0, top_k=3)
-    np.testing.assert_allclose(b.table["score"], 2 * b.table["multi-vector"], atol=3e-4)
+    np.testing.assert_allclose(b.table["score"], 2 * b.table["colbert"], atol=3e-4)
 
 
 @pytest.mark.parametrize("query,args,expected", [
@@ -141,7 +141,7 @@ def test_maxsim_view_contributions_sum_to_the_multivector_score(state):
     np.testing.assert_array_equal(a.best, a.similarity.argmax(axis=1))
     np.testing.assert_allclose(a.contributions, a.similarity.max(axis=1) / len(a.query_tokens), rtol=1e-5)
     assert a.total == pytest.approx(float(a.contributions.sum()), abs=1e-5)
-    assert a.total == pytest.approx(float(s.table.loc[s.table["id"] == doc_id, "multi-vector"].iloc[0]), abs=2e-4)
+    assert a.total == pytest.approx(float(s.table.loc[s.table["id"] == doc_id, "colbert"].iloc[0]), abs=2e-4)
     assert v.table["query token"].iloc[-1] == "s_mul (sum)" and len(v.table) == len(a.query_tokens) + 1
     heat, marks, bars = v.figure.data
     assert heat.type == "heatmap" and len(marks.x) == len(a.query_tokens)
@@ -537,3 +537,25 @@ def test_the_disk_cache_is_capped_least_recently_used_first(workspace, cache, tm
     monkeypatch.setenv("M3LAB_CACHE_MAX_MB", "lots")
     with pytest.raises(ValueError, match="M3LAB_CACHE_MAX_MB"):
         enforce_cache_limit()
+
+
+# ----------------------------------------------------------------------------- Evaluate
+
+def test_evaluate_view_lays_out_m3lab_evals_numbers(state):
+    from m3lab.data import load_mini
+    from m3lab.evaluation import evaluate_retrieval
+
+    ws = state.workspace
+    v = cb.evaluate_view(ws, "mini corpus: en, de")
+    assert v.message.startswith("**mini corpus") and "best of the sweep" in v.message
+    t = v.table
+    assert set(t["language"]) == {"en", "de", "all"} and set(t["mode"]) == set(cb.EVAL_MODES.values())
+    dataset = load_mini(languages=["en", "de"])
+    reference = evaluate_retrieval(ws.model, dataset, ["hybrid", "bm25"], show_progress=False)
+    for row in reference:
+        shown = t[(t["language"] == "all") & (t["mode"] == cb.EVAL_MODES[row["mode"]])]["nDCG@10"].item()
+        assert shown == pytest.approx(round(100 * row["ndcg@10"], 2))
+    assert len(v.queries) == len(dataset.queries) and list(v.queries.columns[:3]) == ["query", "lang", "text"]
+    assert v.overlap_figure.data[0].z.shape == (5, 5) and v.fusion_figure.data[1].name.startswith("best")
+    bad = cb.evaluate_view(ws, "XQuAD: xx")
+    assert bad.message.startswith("⚠️") and bad.table.empty

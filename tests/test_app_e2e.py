@@ -83,7 +83,7 @@ def test_search_renders_results_with_every_score(page):
     msg = wait_text(page, "#search-msg", "results for")
     assert "10 results" in msg and "hybrid" in msg
     table = page.inner_text("#results")
-    for column in ("rank", "lang", "score", "dense", "sparse", "multi-vector"):
+    for column in ("rank", "lang", "score", "dense", "sparse", "colbert"):
         assert column in table
     assert "science-photosynthesis/en" in table
     assert page.get_attribute("#results [role=grid]", "aria-rowcount") == "11"  # header + 10 results
@@ -150,6 +150,22 @@ def test_model_view_rejects_an_unknown_model(page):
     msg = wait_text(page, "#model-msg", "Could not load model")
     assert "Still serving default" in msg
     assert "mini corpus (en)" in page.inner_text("#status")
+
+
+def test_evaluate_view(page):
+    """Every mode scored on the session's mini corpus: the language x mode table, the per-question ranks,
+    the overlap and fusion heatmaps (with the best point marked)."""
+    open_tab(page, "Evaluate")
+    page.click("#eval-btn")
+    msg = wait_text(page, "#eval-msg", "best of the sweep")
+    assert "mini corpus: en" in msg and "126 questions" in msg
+    table = page.inner_text("#eval-table")
+    for cell in ("nDCG@10", "MRR@10", "hybrid", "BM25", "multi-vector"):
+        assert cell in table
+    assert "science-" in page.inner_text("#eval-queries") or "rank: hybrid" in page.inner_text("#eval-queries")
+    assert plot_ready(page, "#eval-overlap", "g.hm, image, .heatmaplayer") >= 1
+    assert plot_ready(page, "#eval-fusion", "g.scatterlayer path.point") >= 1  # the best point's star
+    open_tab(page, "Search")
 
 
 def upload(page, path) -> str:

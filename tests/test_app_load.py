@@ -52,3 +52,30 @@ def test_restart_loads_the_cached_index_and_serves_20_concurrent_queries(tmp_pat
         msg, *_ = client.predict("", "hybrid", 1.0, 0.3, 1.0, 5, api_name="/search")
         assert "Type a query" in msg
         assert app.proc.poll() is None and "Traceback" not in app.output()
+
+
+def test_the_named_api_acts_on_each_callers_own_session(tmp_path):
+    """Scripts call the fixed names (docs/app.md): /search(query, mode, w_dense, w_sparse, w_colbert, top_k) and
+    the others; a client that uploads a corpus searches it, while another client keeps the starting one."""
+    with running_app(tmp_path / "cache", tmp_path / "app.log", "--languages", "en", "--no-warm-up") as app:
+        new_client = lambda: gradio_client.Client(app.url + "/", verbose=False, analytics_enabled=False,  # noqa: E731
+                                                  download_files=False)
+        a, b = new_client(), new_client()
+        api = a.view_api(return_format="dict", print_info=False)["named_endpoints"]
+        assert {"/search", "/upload_corpus", "/load_model", "/load_corpus", "/compare", "/evaluate",
+                "/projection", "/index_spec"} <= set(api)
+        assert [p["parameter_name"] for p in api["/search"]["parameters"]] == \
+               ["query", "mode", "w_dense", "w_sparse", "w_colbert", "top_k"]
+        assert [p["parameter_name"] for p in api["/upload_corpus"]["parameters"]] == ["file"]
+        assert [p["parameter_name"] for p in api["/load_model"]["parameters"]] == ["name"]
+        corpus = tmp_path / "mine.jsonl"
+        corpus.write_text('{"id": "m0", "text": "The Eiffel Tower is in Paris."}\n'
+                          '{"id": "m1", "text": "Bees make honey."}\n', encoding="utf-8")
+        msg, *_ = a.predict(gradio_client.handle_file(str(corpus)), api_name="/upload_corpus")
+        assert "2 documents" in msg
+        _, table_a, *_ = a.predict("where is the tower?", "hybrid", 1.0, 0.3, 1.0, 5, api_name="/search")
+        _, table_b, *_ = b.predict("where is the tower?", "hybrid", 1.0, 0.3, 1.0, 5, api_name="/search")
+        ids = lambda t: [row[t["headers"].index("id")] for row in t["data"]]  # noqa: E731
+        assert set(ids(table_a)) == {"m0", "m1"} and not set(ids(table_b)) & {"m0", "m1"}
+        assert {"id", "lang", "score", "dense", "sparse", "colbert"} <= set(table_a["headers"])
+        assert app.proc.poll() is None and "Traceback" not in app.output()

@@ -334,7 +334,7 @@ def test_the_app_searches_and_explains_a_qdrant_index(tiny_m3, tmp_path, monkeyp
     for mode in ("dense", "sparse", "multi-vector", "hybrid"):
         a, b = cb.search(reference, query, mode, top_k=5), cb.search(ours, query, mode, top_k=5)
         assert list(b.table["id"]) == list(a.table["id"]), mode
-        for column in ("score", "dense", "sparse", "multi-vector"):
+        for column in ("score", "dense", "sparse", "colbert"):
             np.testing.assert_allclose(b.table[column].astype(float), a.table[column].astype(float),
                                        rtol=0, atol=1e-4, err_msg=f"{mode} {column}")
     hybrid = cb.search(ours, query, "hybrid", top_k=5)

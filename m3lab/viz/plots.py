@@ -376,3 +376,34 @@ def tradeoff_scatter(records: Sequence[Mapping[str, Any]], *, x: str = "p50_ms",
     fig.update_xaxes(title=x, type="log" if log_x else "linear")
     fig.update_yaxes(title=y)
     return _layout(fig, title if title is not None else f"{y} against {x}", height=460)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def overlap_heatmap(modes: Sequence[str], overlap: np.ndarray, *, k: int = 10,
+                    title: str | None = None) -> go.Figure:
+    """How much the modes' top-k agree: the mean share of top-k two modes have in common (1 on the diagonal)."""
+    names = [NAMES.get(m, m) for m in modes]
+    fig = go.Figure(go.Heatmap(z=overlap, x=names, y=names, zmin=0, zmax=1, colorscale="Blues",
+                               text=[[f"{v:.2f}" for v in row] for row in overlap], texttemplate="%{text}",
+                               hovertemplate="%{y} ∩ %{x}: %{z:.3f} of the top " + str(k) + "<extra></extra>"))
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, title or f"Top-{k} overlap between modes", height=360)
+
+
+def fusion_heatmap(w_sparse: Sequence[float], w_colbert: Sequence[float], ndcg: np.ndarray, *, w_dense: float = 1.0,
+                   title: str | None = None) -> go.Figure:
+    """Hybrid nDCG@10 over w_sparse (rows) x w_colbert (columns) at fixed w_dense, the best point marked."""
+    z = 100 * np.asarray(ndcg, dtype=float)
+    xs, ys = [f"{w:g}" for w in w_colbert], [f"{w:g}" for w in w_sparse]
+    fig = go.Figure(go.Heatmap(z=z, x=xs, y=ys, colorscale="Viridis", colorbar=dict(title="nDCG@10"),
+                               text=[["" if np.isnan(v) else f"{v:.1f}" for v in row] for row in z],
+                               texttemplate="%{text}",
+                               hovertemplate="w_sparse %{y}, w_colbert %{x}: nDCG@10 %{z:.2f}<extra></extra>"))
+    if np.isfinite(z).any():
+        i, j = np.unravel_index(int(np.nanargmax(z)), z.shape)
+        fig.add_trace(go.Scatter(x=[xs[j]], y=[ys[i]], mode="markers", name=f"best: {z[i, j]:.2f}",
+                                 marker=dict(symbol="star", size=18, color="white", line=dict(color="black", width=1))))
+    fig.update_xaxes(title="w₃ multi-vector")
+    fig.update_yaxes(title="w₂ sparse")
+    return _layout(fig, title or f"Hybrid nDCG@10 at w₁ dense = {w_dense:g}", height=380)
