@@ -15,8 +15,10 @@ of its tokens the vocabulary misses (:func:`vocabulary_note`, a warning above
 from __future__ import annotations
 
 import html
+import json
 import logging
 import os
+import tempfile
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -44,7 +46,8 @@ from .state import MODEL_LOCK, AppState, Workspace, build_workspace, dense_of, i
 logger = logging.getLogger("m3lab.app")
 
 #: the modes as the UI names them -> CorpusIndex modes
-MODES = {"dense": "dense", "sparse": "sparse", "multi-vector": "colbert", "hybrid": "hybrid"}
+MODES = {"dense": "dense", "sparse": "sparse", "multi-vector": "colbert", "hybrid": "hybrid", "BM25": "bm25"}
+ALL_LANGUAGES = "all languages"
 MAX_QUERY_CHARS = 2000
 MAX_TOP_K = 100
 RESULT_COLUMNS = ["rank", "id", "lang", "title", "text", "score", "dense", "sparse", "colbert"]  # fixed: scripts read them
@@ -169,15 +172,19 @@ class SearchView:
     session: Session
     figure: go.Figure
     unknown: UnknownShare | None = None  # the query's unk tokens (its vocabulary note is in the message)
+    export: list[str] = field(default_factory=list)  # the ranking as CSV and JSON files, for download
 
 
 def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0, w_sparse: float = 0.3,
-           w_colbert: float = 1.0, top_k: int = 10, session: Session | None = None) -> SearchView:
+           w_colbert: float = 1.0, top_k: int = 10, session: Session | None = None,
+           language: str | None = None) -> SearchView:
     """Retrieve ``top_k`` documents in ``mode`` and report every function's score of each result.
 
-    The ranking is the index's (``CorpusIndex.rank``); the component columns are the three
-    scores of the same pairs from :mod:`m3lab.scoring`, whichever mode ranked them. The message
-    ends with the query's :func:`vocabulary_note`.
+    The ranking is the index's (``CorpusIndex.rank``), or BM25's (``mode="BM25"``,
+    :class:`m3lab.retrieval.bm25.BM25Index`); the component columns are the three scores of the
+    same pairs from :mod:`m3lab.scoring`, whichever mode ranked them. ``language`` keeps only that
+    language's documents (ranked among all of them: the whole corpus is ranked, then filtered).
+    The message ends with the query's :func:`vocabulary_note`.
     """
     session = dict(session or {})
     empty = SearchView("", pd.DataFrame(columns=RESULT_COLUMNS), [], session,
@@ -201,15 +208,24 @@ def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0
         return empty
     top_k = int(min(max(int(10 if top_k is None else top_k), 1), MAX_TOP_K, len(ws.index)))
     index = ws.index
+    language = None if language in (None, "", ALL_LANGUAGES) else str(language)
+    depth = len(index) if language else top_k  # filtered: rank everything, then keep that language
     try:
         with MODEL_LOCK:
             q = index.encode_queries(query, components=index.stored)
-        ranking = index.rank(q, [MODES[mode]], top_k=top_k, weights=weights)[MODES[mode]]
+        if MODES[mode] == "bm25":
+            positions, scores = ws.bm25().search([query], top_k=depth)
+        else:
+            ranking = index.rank(q, [MODES[mode]], top_k=depth, weights=weights,
+                                 candidates=len(index) if language else 100)[MODES[mode]]
+            positions, scores = ranking.indices, ranking.scores
     except ValueError as err:
-        empty.message = _error(str(err))
+        empty.message = _error(md_text(err))
         return empty
     vocab, unknown = _vocabulary(ws, query)
-    idx = [int(j) for j in ranking.indices[0] if j >= 0]
+    kept = [(int(j), float(x)) for j, x in zip(positions[0], scores[0]) if j >= 0 and
+            (language is None or index.documents[int(j)].language == language)][:top_k]
+    idx = [j for j, _ in kept]
     if not idx:
         empty.message = _with_note(f"No document matches **{md_text(query)}** in {mode} mode" +
                                    (" (no token of the query has a positive weight in any document)."
@@ -221,22 +237,42 @@ def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0
     rows = []
     for r, j in enumerate(idx):
         d = index.documents[j]
-        rows.append([r + 1, d.id, d.language or "", d.title or "", _snippet(d.text), _fmt(ranking.scores[0, r]),
+        rows.append([r + 1, d.id, d.language or "", d.title or "", _snippet(d.text), _fmt(kept[r][1]),
                      _fmt(comps["dense"][r]), _fmt(comps["sparse"][r]), _fmt(comps["colbert"][r])])
     table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     choices = [(f"{r + 1}. {_label(index.documents[j])}", index.documents[j].id) for r, j in enumerate(idx)]
-    fig = plots.hybrid_breakdown([f"{r + 1}. {index.documents[j].id}" for r, j in enumerate(idx)],
-                                 {k: list(v) for k, v in comps.items()}, weights if mode == "hybrid" else
-                                 tuple(float(MODES[mode] == k) for k in ("dense", "sparse", "colbert")),
-                                 title=f"{mode} score of each result" + (" = w1·dense + w2·sparse + w3·multi-vector"
-                                                                         if mode == "hybrid" else ""))
+    if MODES[mode] == "bm25":
+        fig = plots.empty_figure("BM25 ranks by its own score; the table shows each result's M3 scores")
+    else:
+        fig = plots.hybrid_breakdown([f"{r + 1}. {index.documents[j].id}" for r, j in enumerate(idx)],
+                                     {k: list(v) for k, v in comps.items()}, weights if mode == "hybrid" else
+                                     tuple(float(MODES[mode] == k) for k in ("dense", "sparse", "colbert")),
+                                     title=f"{mode} score of each result" +
+                                           (" = w1·dense + w2·sparse + w3·multi-vector" if mode == "hybrid" else ""))
     note = f"{len(idx)} results for **{md_text(query)}** in **{mode}** mode"
+    if language:
+        note += f", {md_text(language)} documents only"
     if mode == "hybrid":
         note += f" (weights dense {weights[0]:g}, sparse {weights[1]:g}, multi-vector {weights[2]:g})"
     if not ws.model.heads_trained:
         note += ". ⚠️ The model's sparse and multi-vector heads are untrained: only dense scores are meaningful."
     session = {"workspace": ws.key, "query": query, "doc_ids": [c[1] for c in choices]}
-    return SearchView(_with_note(note, vocab), table, choices, session, fig, unknown)
+    return SearchView(_with_note(note, vocab), table, choices, session, fig, unknown,
+                      export_ranking(table, {"query": query, "mode": mode, "weights": list(weights),
+                                             "language": language or ALL_LANGUAGES, "corpus": ws.corpus.name,
+                                             "model": ws.model_name}))
+
+
+def export_ranking(table: pd.DataFrame, meta: dict) -> list[str]:
+    """The ranking as ``ranking.csv`` and ``ranking.json`` (the query and settings with the rows), in a
+    fresh temporary folder that Gradio serves for download."""
+    folder = Path(tempfile.mkdtemp(prefix="m3lab-ranking-"))
+    table.to_csv(folder / "ranking.csv", index=False)
+    rows = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in r.items()}
+            for r in table.to_dict(orient="records")]
+    (folder / "ranking.json").write_text(json.dumps({**meta, "results": rows}, ensure_ascii=False, indent=1,
+                                                    default=str), encoding="utf-8")
+    return [str(folder / "ranking.csv"), str(folder / "ranking.json")]
 
 
 def _snippet(text: str, limit: int = 300) -> str:

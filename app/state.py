@@ -28,7 +28,9 @@ import numpy as np
 import platformdirs
 
 from m3lab.data import DataError, Document
-from m3lab.retrieval import CorpusIndex, CorruptIndexError, ModelMismatchError, corpus_fingerprint, model_fingerprint
+from m3lab.retrieval import (CorpusIndex, CorruptIndexError, ModelMismatchError, corpus_fingerprint, document_text,
+                             model_fingerprint)
+from m3lab.retrieval.bm25 import BM25Index, standard_analyzer
 from m3lab.retrieval.spec import parse_index_spec
 from m3lab.modeling import M3Model
 from m3lab.viz.projection import Projection, fit_projection
@@ -110,6 +112,7 @@ class Workspace:
     _projections: dict[bool, Projection] = field(default_factory=dict, repr=False)
     _positions: dict[str, int] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _bm25: BM25Index | None = field(default=None, repr=False)
 
     @property
     def documents(self) -> list[Document]:
@@ -120,6 +123,20 @@ class Workspace:
         if self._positions is None:
             self._positions = {d.id: i for i, d in enumerate(self.index.documents)}
         return self._positions.get(doc_id)
+
+    def bm25(self) -> BM25Index:
+        """BM25 over the corpus texts as they are encoded (title and text), built on first use."""
+        with self._lock:
+            if self._bm25 is None:
+                with_titles = self.index.settings.get("with_titles", True)
+                self._bm25 = BM25Index([document_text(d, with_titles) for d in self.documents],
+                                       analyzer=standard_analyzer(None))
+            return self._bm25
+
+    @property
+    def languages(self) -> list[str]:
+        """The corpus's document languages, sorted."""
+        return sorted({d.language for d in self.documents if d.language})
 
     @property
     def multilingual(self) -> bool:

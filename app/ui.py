@@ -55,6 +55,8 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                 with gr.Row():
                     mode = gr.Radio(list(cb.MODES), value="hybrid", label="Mode", elem_id="mode", scale=3)
                     top_k = gr.Slider(1, 50, value=10, step=1, label="Top-k", elem_id="top-k", scale=2)
+                    language = gr.Dropdown([cb.ALL_LANGUAGES] + ws0.languages, value=cb.ALL_LANGUAGES,
+                                           label="Documents in", elem_id="language", scale=1)
                 with gr.Accordion("Hybrid weights: s = w₁·dense + w₂·sparse + w₃·multi-vector", open=True):
                     w_dense, w_sparse, w_colbert = _weights("search")
                 gr.Examples(EXAMPLES, inputs=query, label="Examples")
@@ -63,6 +65,8 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                                        label="Results",
                                        column_widths=["5%", "17%", "5%", "11%", "38%", "6%", "6%", "6%", "6%"])
                 breakdown = gr.Plot(label="Score breakdown", elem_id="breakdown")
+                export = gr.File(label="Download the ranking (CSV, JSON)", file_count="multiple", interactive=False,
+                                 elem_id="export")
 
             # ------------------------------------------------------------ Sparse
             with gr.Tab("Sparse", id="sparse", elem_id="tab-sparse") as sparse_tab:
@@ -200,14 +204,14 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                 info = gr.Dataframe(cb.model_info(ws0), label="Current model", interactive=False, elem_id="model-info")
 
         # ---------------------------------------------------------------- wiring
-        def on_search(query, mode, w_dense, w_sparse, w_colbert, top_k, sess, key):
-            v = cb.search(state.get(key), query, mode, w_dense, w_sparse, w_colbert, top_k, sess)
+        def on_search(query, mode, w_dense, w_sparse, w_colbert, top_k, language, sess, key):
+            v = cb.search(state.get(key), query, mode, w_dense, w_sparse, w_colbert, top_k, sess, language=language)
             first = v.choices[0][1] if v.choices else None
             return (v.message, v.table, gr.Dropdown(choices=v.choices, value=first),
-                    gr.Dropdown(choices=v.choices, value=first), v.session, v.figure)
+                    gr.Dropdown(choices=v.choices, value=first), v.session, v.figure, v.export or None)
 
-        search_io = dict(inputs=[query, mode, w_dense, w_sparse, w_colbert, top_k, session, wskey],
-                         outputs=[search_msg, results, sparse_pick, maxsim_pick, session, breakdown])
+        search_io = dict(inputs=[query, mode, w_dense, w_sparse, w_colbert, top_k, language, session, wskey],
+                         outputs=[search_msg, results, sparse_pick, maxsim_pick, session, breakdown, export])
         search_btn.click(on_search, api_name="search", concurrency_limit=2, concurrency_id="search", **search_io)
         query.submit(on_search, api_visibility="private", concurrency_limit=2, concurrency_id="search", **search_io)
 
@@ -256,12 +260,15 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                        outputs=[eval_msg, eval_table, eval_overlap, eval_fusion, eval_queries], api_name="evaluate",
                        concurrency_id="evaluate", concurrency_limit=1)
 
-        switch_outputs = [header, preview, color_by, info, index_table, wskey]
+        switch_outputs = [header, preview, color_by, info, index_table, language, wskey]
+
+        def _languages(ws):
+            return gr.Dropdown(choices=[cb.ALL_LANGUAGES] + ws.languages, value=cb.ALL_LANGUAGES)
 
         def _after(v: cb.SwitchView):
             ws = state.get(v.key)
             return (v.message, v.header, v.preview, gr.Radio(choices=v.groupings, value="language"),
-                    cb.model_info(ws), cb.index_spec_table(ws), v.key)
+                    cb.model_info(ws), cb.index_spec_table(ws), _languages(ws), v.key)
 
         def on_builtin(name, key, progress=gr.Progress(track_tqdm=True)):
             return _after(cb.load_builtin_corpus(state, name, progress=progress, key=key))
@@ -289,7 +296,7 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
         def on_load():
             ws = state.workspace  # a new session starts on the starting workspace
             return ws.describe(), cb.corpus_preview(ws), gr.Radio(choices=ws.corpus.groupings, value="language"), \
-                cb.model_info(ws), cb.index_spec_table(ws), ws.key
+                cb.model_info(ws), cb.index_spec_table(ws), _languages(ws), ws.key
 
         demo.load(on_load, outputs=switch_outputs, api_visibility="private")
     return demo

@@ -559,3 +559,33 @@ def test_evaluate_view_lays_out_m3lab_evals_numbers(state):
     assert v.overlap_figure.data[0].z.shape == (5, 5) and v.fusion_figure.data[1].name.startswith("best")
     bad = cb.evaluate_view(ws, "XQuAD: xx")
     assert bad.message.startswith("⚠️") and bad.table.empty
+
+
+# ----------------------------------------------------------------------------- Search: BM25, language filter, export
+
+def test_bm25_mode_and_the_language_filter(state):
+    ws = state.workspace
+    b = cb.search(ws, "tower paris built", "BM25", top_k=5)
+    positions, scores = ws.bm25().search(["tower paris built"], top_k=5)
+    assert list(b.table["id"]) == [ws.documents[j].id for j in positions[0] if j >= 0]
+    np.testing.assert_allclose(b.table["score"].astype(float), scores[0][: len(b.table)], rtol=0, atol=5e-5)  # shown to 4 decimals
+    assert b.table["dense"].notna().all()  # each BM25 result still carries its M3 scores
+    full = cb.search(ws, QUERY, "hybrid", top_k=cb.MAX_TOP_K)
+    de = cb.search(ws, QUERY, "hybrid", top_k=5, language="de")
+    assert set(de.table["lang"]) == {"de"} and "de documents only" in de.message
+    # the filtered ranking is the exhaustive ranking's German part (hybrid over every document)
+    exhaustive = ws.index.search(QUERY, mode="hybrid", top_k=len(ws.index), candidates=len(ws.index))
+    assert list(de.table["id"]) == [r.doc_id for r in exhaustive if r.document.language == "de"][:5]
+    assert len(full.table) == len(ws.index) or len(full.table) == cb.MAX_TOP_K
+    assert cb.search(ws, QUERY, "dense", language=cb.ALL_LANGUAGES).table["lang"].nunique() == 2
+
+
+def test_the_ranking_is_exported_as_csv_and_json(state):
+    import pandas as pd
+
+    v = cb.search(state.workspace, QUERY, "hybrid", top_k=4)
+    csv_file, json_file = v.export
+    assert list(pd.read_csv(csv_file)["id"]) == list(v.table["id"])
+    data = json.loads(open(json_file, encoding="utf-8").read())
+    assert data["query"] == QUERY and data["mode"] == "hybrid" and data["weights"] == [1.0, 0.3, 1.0]
+    assert [r["id"] for r in data["results"]] == list(v.table["id"]) and "colbert" in data["results"][0]

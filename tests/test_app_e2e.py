@@ -90,6 +90,18 @@ def test_search_renders_results_with_every_score(page):
     assert plot_ready(page, "#breakdown", "g.point path", 10) >= 10  # stacked bars of the 10 results
 
 
+def test_bm25_mode_and_the_ranking_download(page):
+    page.get_by_label("BM25", exact=True).check()
+    page.click("#search-btn")
+    msg = wait_text(page, "#search-msg", "in BM25 mode")
+    assert "10 results" in msg
+    page.wait_for_selector("#export a[download='ranking.json']", timeout=WAIT)  # download links, both files
+    assert page.locator("#export a[download='ranking.csv']").count() == 1
+    page.get_by_label("hybrid", exact=True).check()
+    page.click("#search-btn")
+    wait_text(page, "#search-msg", "in hybrid mode")
+
+
 def test_sparse_view(page):
     open_tab(page, "Sparse")
     msg = wait_text(page, "#sparse-msg", "s_lex")

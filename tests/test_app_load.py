@@ -65,7 +65,7 @@ def test_the_named_api_acts_on_each_callers_own_session(tmp_path):
         assert {"/search", "/upload_corpus", "/load_model", "/load_corpus", "/compare", "/evaluate",
                 "/projection", "/index_spec"} <= set(api)
         assert [p["parameter_name"] for p in api["/search"]["parameters"]] == \
-               ["query", "mode", "w_dense", "w_sparse", "w_colbert", "top_k"]
+               ["query", "mode", "w_dense", "w_sparse", "w_colbert", "top_k", "language"]  # language: optional
         assert [p["parameter_name"] for p in api["/upload_corpus"]["parameters"]] == ["file"]
         assert [p["parameter_name"] for p in api["/load_model"]["parameters"]] == ["name"]
         corpus = tmp_path / "mine.jsonl"
