@@ -340,6 +340,13 @@ class SparseView:
     unknown: UnknownShare | None = None
 
 
+def explain(ws: Workspace, query: str, doc_id: str) -> tuple[SparseView, MaxSimView]:
+    """The Sparse and MaxSim explanations of one query and one document of the corpus (``/explain``),
+    without a search first: what clicking a result shows."""
+    session = {"workspace": ws.key, "query": (query or "").strip(), "doc_ids": [doc_id] if doc_id else []}
+    return sparse_view(ws, session, doc_id), maxsim_view(ws, session, doc_id)
+
+
 def sparse_view(ws: Workspace, session: Session | None, doc_id: str | None) -> SparseView:
     """Token weights of the query and the chosen result, their shared tokens and contributions (sum = s_lex).
 

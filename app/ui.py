@@ -45,7 +45,7 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                     "**sparse** (lexical) and **multi-vector** (ColBERT MaxSim), and their **hybrid** sum.")
         header = gr.Markdown(ws0.describe(), elem_id="status")
 
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             # ------------------------------------------------------------ Search
             with gr.Tab("Search", id="search", elem_id="tab-search"):
                 with gr.Row(equal_height=True):
@@ -219,6 +219,32 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
             v = cb.sparse_view(state.get(key), sess, doc_id)
             return (v.message, plots.weighted_text_html(v.query_spans), plots.weighted_text_html(v.passage_spans),
                     v.query_figure, v.passage_figure, v.match_figure, v.table)
+
+        def on_result_click(sess, key, evt: gr.SelectData):
+            """A click on a result row opens its Sparse explanation (and selects it in MaxSim too)."""
+            doc_ids = (sess or {}).get("doc_ids") or []
+            row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
+            if not isinstance(row, int) or not 0 <= row < len(doc_ids):
+                return (gr.Tabs(),) + (gr.skip(),) * 9
+            doc_id = doc_ids[row]
+            return (gr.Tabs(selected="sparse"), gr.Dropdown(value=doc_id), gr.Dropdown(value=doc_id),
+                    *on_sparse(sess, doc_id, key))
+
+        results.select(on_result_click, inputs=[session, wskey], api_visibility="private",
+                       outputs=[tabs, sparse_pick, maxsim_pick, sparse_msg, q_text, p_text, q_bar, p_bar, match_bar,
+                                match_table])
+
+        # /explain(query, doc_id): both explanations of one pair, for scripts (hidden inputs, no search needed)
+        explain_query = gr.Textbox(visible=False)
+        explain_doc = gr.Textbox(visible=False)
+        explain_btn = gr.Button(visible=False)
+
+        def on_explain(query, doc_id, key):
+            sv, mv = cb.explain(state.get(key), query, doc_id)
+            return sv.message, sv.table, mv.message, mv.table
+
+        explain_btn.click(on_explain, inputs=[explain_query, explain_doc, wskey],
+                          outputs=[sparse_msg, match_table, maxsim_msg, maxsim_table], api_name="explain")
 
         sparse_io = dict(fn=on_sparse, inputs=[session, sparse_pick, wskey],
                          outputs=[sparse_msg, q_text, p_text, q_bar, p_bar, match_bar, match_table])

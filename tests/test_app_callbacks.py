@@ -589,3 +589,14 @@ def test_the_ranking_is_exported_as_csv_and_json(state):
     data = json.loads(open(json_file, encoding="utf-8").read())
     assert data["query"] == QUERY and data["mode"] == "hybrid" and data["weights"] == [1.0, 0.3, 1.0]
     assert [r["id"] for r in data["results"]] == list(v.table["id"]) and "colbert" in data["results"][0]
+
+
+def test_explain_gives_the_views_of_one_pair_without_a_search(state):
+    ws = state.workspace
+    s = cb.search(ws, QUERY, "hybrid", top_k=3)
+    doc = s.session["doc_ids"][1]
+    sparse, maxsim = cb.explain(ws, QUERY, doc)
+    assert sparse.message == cb.sparse_view(ws, s.session, doc).message and doc in sparse.message
+    assert maxsim.message == cb.maxsim_view(ws, s.session, doc).message
+    assert sparse.table.equals(cb.sparse_view(ws, s.session, doc).table)
+    assert cb.explain(ws, QUERY, "no-such-doc")[0].message.startswith("⚠️")

@@ -102,6 +102,22 @@ def test_bm25_mode_and_the_ranking_download(page):
     wait_text(page, "#search-msg", "in hybrid mode")
 
 
+def test_clicking_a_result_opens_its_explanation(page):
+    """A click on the second result's row: the Sparse view opens on that pair (and MaxSim selects it)."""
+    open_tab(page, "Search")
+    second = page.locator("#results [role=row][aria-rowindex='3']")  # row 1 is the header
+    doc_id = second.locator("[role=gridcell]").nth(1).inner_text().strip()
+    second.locator("[role=gridcell]").nth(4).click()
+    msg = wait_text(page, "#sparse-msg", doc_id)
+    assert "s_lex" in msg and page.locator("#tab-sparse").is_visible()
+    open_tab(page, "Search")  # back to the first result, which the next views read
+    first = page.locator("#results [role=row][aria-rowindex='2']")
+    first_id = first.locator("[role=gridcell]").nth(1).inner_text().strip()
+    first.locator("[role=gridcell]").nth(4).click()
+    wait_text(page, "#sparse-msg", first_id)
+    open_tab(page, "Search")
+
+
 def test_sparse_view(page):
     open_tab(page, "Sparse")
     msg = wait_text(page, "#sparse-msg", "s_lex")

@@ -63,7 +63,8 @@ def test_the_named_api_acts_on_each_callers_own_session(tmp_path):
         a, b = new_client(), new_client()
         api = a.view_api(return_format="dict", print_info=False)["named_endpoints"]
         assert {"/search", "/upload_corpus", "/load_model", "/load_corpus", "/compare", "/evaluate",
-                "/projection", "/index_spec"} <= set(api)
+                "/projection", "/index_spec", "/explain"} <= set(api)
+        assert [p["parameter_name"] for p in api["/explain"]["parameters"]] == ["query", "doc_id"]
         assert [p["parameter_name"] for p in api["/search"]["parameters"]] == \
                ["query", "mode", "w_dense", "w_sparse", "w_colbert", "top_k", "language"]  # language: optional
         assert [p["parameter_name"] for p in api["/upload_corpus"]["parameters"]] == ["file"]
@@ -78,4 +79,7 @@ def test_the_named_api_acts_on_each_callers_own_session(tmp_path):
         ids = lambda t: [row[t["headers"].index("id")] for row in t["data"]]  # noqa: E731
         assert set(ids(table_a)) == {"m0", "m1"} and not set(ids(table_b)) & {"m0", "m1"}
         assert {"id", "lang", "score", "dense", "sparse", "colbert"} <= set(table_a["headers"])
+        sparse_msg, _sparse_table, maxsim_msg, _maxsim_table = a.predict("where is the tower?", "m0",
+                                                                          api_name="/explain")
+        assert "m0" in sparse_msg and "s_lex" in sparse_msg and "s_mul" in maxsim_msg
         assert app.proc.poll() is None and "Traceback" not in app.output()
