@@ -122,7 +122,12 @@ def test_sparse_view(page):
     open_tab(page, "Sparse")
     msg = wait_text(page, "#sparse-msg", "s_lex")
     assert "shared token" in msg
-    assert page.inner_text("#sparse-query-text").strip() == QUERY  # the query, token by token, shaded by weight
+    # the query, token by token, shaded by weight (waited for: opening the tab recomputes the view, and the
+    # last click's explanation may still be on screen under a "processing" badge)
+    page.wait_for_function("q => document.querySelector('#sparse-query-text').innerText.trim() === q", arg=QUERY,
+                           timeout=WAIT)
+    msg = page.inner_text("#sparse-msg")
+    assert "shared token" in msg
     assert page.locator("#sparse-query-text span[title]").count() >= 3
     assert "Photosynthesis" in page.inner_text("#sparse-passage-text")
     for plot in ("#sparse-query-bar", "#sparse-passage-bar"):
