@@ -23,7 +23,7 @@ from ..data import RetrievalDataset
 from ..retrieval.bm25 import BM25Index, standard_analyzer
 from ..retrieval.index import MODES as INDEX_MODES
 from ..retrieval.index import CorpusIndex, corpus_fingerprint, document_text
-from .retrieval import METRICS, judged_queries
+from .retrieval import METRICS, _run, check_modes, judged_queries, retrieval_metrics
 
 EXPLORE_MODES = ("dense", "sparse", "colbert", "hybrid", "bm25")
 
@@ -86,10 +86,7 @@ def explore_retrieval(index: CorpusIndex, dataset: RetrievalDataset, modes: Sequ
     score every query; the table averages them per query language and overall."""
     if corpus_fingerprint(index.documents) != corpus_fingerprint(dataset.corpus):
         raise ValueError(f"the index holds another corpus than dataset {dataset.name!r}")
-    modes = [m for m in dict.fromkeys(modes)]
-    for m in modes:
-        if m not in EXPLORE_MODES:
-            raise ValueError(f"unknown mode {m!r}; the modes are {', '.join(EXPLORE_MODES)}")
+    modes = check_modes(modes, EXPLORE_MODES)
     queries = judged_queries(dataset)
     if not queries:
         raise ValueError(f"dataset {dataset.name!r} has no query with a relevant document")
@@ -103,16 +100,12 @@ def explore_retrieval(index: CorpusIndex, dataset: RetrievalDataset, modes: Sequ
         encoded = index.encode_queries([q.text for q in queries], components=comps, show_progress=False)
         ranked = index.rank(encoded, index_modes, top_k=depth, weights=weights, candidates=candidates)
         for m in index_modes:
-            r = ranked[m]
-            runs[m] = {qid: {index.doc_ids[j]: float(s) for j, s in zip(r.indices[i], r.scores[i]) if j >= 0}
-                       for i, qid in enumerate(ids)}
+            runs[m] = _run(ids, index.doc_ids, ranked[m].indices, ranked[m].scores)
     if "bm25" in modes:
         bm25 = BM25Index([document_text(d) for d in dataset.corpus],
                          analyzer=standard_analyzer(dataset.corpus_language))
         idx, sc = bm25.search([q.text for q in queries], top_k=depth)
-        doc_ids = [d.id for d in dataset.corpus]
-        runs["bm25"] = {qid: {doc_ids[j]: float(s) for j, s in zip(idx[i], sc[i]) if j >= 0}
-                        for i, qid in enumerate(ids)}
+        runs["bm25"] = _run(ids, [d.id for d in dataset.corpus], idx, sc)
     for m, run in runs.items():
         rankings[m] = {qid: sorted(docs, key=lambda d: -docs[d]) for qid, docs in run.items()}
     report = RetrievalReport(modes=modes, query_ids=ids, query_text={q.id: q.text for q in queries},
@@ -165,7 +158,6 @@ def fusion_sweep(index: CorpusIndex, dataset: RetrievalDataset, *, w_dense: floa
                 grid[i, j] = np.nan
                 continue
             r = index.rank(encoded, ["hybrid"], top_k=10, weights=(w_dense, ws, wc), candidates=candidates)["hybrid"]
-            run = {q.id: {index.doc_ids[k]: float(s) for k, s in zip(r.indices[n], r.scores[n]) if k >= 0}
-                   for n, q in enumerate(queries)}
-            grid[i, j] = ir_measures.calc_aggregate([METRICS["ndcg@10"]], qrels, run).get(METRICS["ndcg@10"], 0.0)
+            run = _run([q.id for q in queries], index.doc_ids, r.indices, r.scores)
+            grid[i, j] = retrieval_metrics(qrels, run)["ndcg@10"]
     return FusionSweep(float(w_dense), [float(x) for x in w_sparse], [float(x) for x in w_colbert], grid)

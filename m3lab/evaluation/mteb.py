@@ -37,6 +37,7 @@ from ..data.records import Document
 from ..modeling import M3Model
 from ..retrieval.index import MODES, CorpusIndex
 from ..retrieval.ranker import mode_functions
+from .retrieval import _run
 
 try:
     from mteb.models.abs_encoder import AbsEncoder
@@ -163,9 +164,7 @@ class M3SearchModel:
                               max_length=self.max_length, batch_size=self.batch_size, show_progress=False)
         ranking = ix.rank(q, [self.mode], top_k=min(top_k, self.top_k), weights=self.weights,
                           candidates=self.candidates)[self.mode]
-        doc_ids = ix.doc_ids
-        return {qid: {doc_ids[j]: float(s) for j, s in zip(ranking.indices[row], ranking.scores[row]) if j >= 0}
-                for row, qid in enumerate(ids)}
+        return _run(ids, ix.doc_ids, ranking.indices, ranking.scores)
 
 
 def mteb_xquad(path: str | Path) -> tuple[dict, dict, dict]:

@@ -438,6 +438,8 @@ class QdrantIndex:
                     "colbert_dim": int(model.colbert_linear.out_features)}
         corpus = {"n_documents": n, "sha256": corpus_fingerprint(docs)}
         rank, world = _rank_and_world()
+        import torch.distributed as dist  # used only under torchrun (world > 1)
+
         # under torchrun rank 0 alone reads, checks and creates the collection; the others learn the outcome
         prepared = [None]
         if rank == 0:
@@ -449,8 +451,6 @@ class QdrantIndex:
                     raise
                 prepared = [e]
         if world > 1:
-            import torch.distributed as dist
-
             dist.broadcast_object_list(prepared, src=0)
             if isinstance(prepared[0], Exception):
                 raise prepared[0]
@@ -476,8 +476,6 @@ class QdrantIndex:
                 mine = (ids, out.dense, out.sparse, out.colbert, [_payload(docs[i]) for i in ids])
                 encoded_here += len(ids)
             if world > 1 and backend.kind != "client":  # the embedded shard: rank 0 writes every rank's chunk
-                import torch.distributed as dist
-
                 gathered = [None] * world if rank == 0 else None
                 dist.gather_object(mine, gathered, dst=0)
                 parts = [g for g in gathered if g is not None] if rank == 0 else []
@@ -486,8 +484,6 @@ class QdrantIndex:
             for part in parts:
                 backend.upsert(*part)
             if world > 1:
-                import torch.distributed as dist
-
                 dist.barrier()  # this round is in the engine before rank 0 records it
             stop = min(n, (first + world) * chunk_size)
             if rank == 0:
@@ -500,8 +496,6 @@ class QdrantIndex:
             manifest["complete"] = True
             backend.write_manifest(manifest)
         if world > 1:
-            import torch.distributed as dist
-
             dist.barrier()
             manifest["complete"] = True
         index = cls(model, backend, manifest)  # on a rank that did not open the embedded shard it cannot search
