@@ -41,7 +41,7 @@ from .corpora import (MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, Corpus, UploadErro
 from m3lab.evaluation.explore import explore_retrieval, fusion_sweep
 from m3lab.retrieval.spec import describe_spec
 
-from .state import MODEL_LOCK, AppState, Workspace, build_workspace, dense_of, index_size
+from .state import MODEL_LOCK, AppState, BuildCancelled, Workspace, build_workspace, dense_of, index_size
 
 logger = logging.getLogger("m3lab.app")
 
@@ -51,6 +51,7 @@ ALL_LANGUAGES = "all languages"
 MAX_QUERY_CHARS = 2000
 MAX_TOP_K = 100
 RESULT_COLUMNS = ["rank", "id", "lang", "title", "text", "score", "dense", "sparse", "colbert"]  # fixed: scripts read them
+RESULT_SNIPPET = 160  # characters of each result's text in the table (the download has them all): ~10 rows in view
 Session = dict[str, Any]  # per-browser state: the last search {"workspace", "query", "doc_ids"}
 Progress = Callable[..., object] | None
 
@@ -237,9 +238,10 @@ def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0
     rows = []
     for r, j in enumerate(idx):
         d = index.documents[j]
-        rows.append([r + 1, d.id, d.language or "", d.title or "", _snippet(d.text), _fmt(kept[r][1]),
+        rows.append([r + 1, d.id, d.language or "", d.title or "", d.text, _fmt(kept[r][1]),
                      _fmt(comps["dense"][r]), _fmt(comps["sparse"][r]), _fmt(comps["colbert"][r])])
-    table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    full = pd.DataFrame(rows, columns=RESULT_COLUMNS)  # the download keeps the whole texts
+    table = full.assign(text=[_snippet(t, RESULT_SNIPPET) for t in full["text"]])
     choices = [(f"{r + 1}. {_label(index.documents[j])}", index.documents[j].id) for r, j in enumerate(idx)]
     if MODES[mode] == "bm25":
         fig = plots.empty_figure("BM25 ranks by its own score; the table shows each result's M3 scores")
@@ -258,7 +260,7 @@ def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0
         note += ". ⚠️ The model's sparse and multi-vector heads are untrained: only dense scores are meaningful."
     session = {"workspace": ws.key, "query": query, "doc_ids": [c[1] for c in choices]}
     return SearchView(_with_note(note, vocab), table, choices, session, fig, unknown,
-                      export_ranking(table, {"query": query, "mode": mode, "weights": list(weights),
+                      export_ranking(full, {"query": query, "mode": mode, "weights": list(weights),
                                              "language": language or ALL_LANGUAGES, "corpus": ws.corpus.name,
                                              "model": ws.model_name}))
 
@@ -554,15 +556,35 @@ def _switched(state: AppState, message: str, key: str | None) -> SwitchView:
     return SwitchView(message, ws.describe(), corpus_preview(ws), ws.corpus.groupings, ws.key)
 
 
-def _swap_in(state: AppState, model, model_name: str, corpus, progress: Progress, spec: str) -> Workspace:
+def _swap_in(state: AppState, model, model_name: str, corpus, progress: Progress, spec: str,
+             session: str | None = None) -> Workspace:
     """Build (or load from the cache) a workspace and keep it in the shared cache; only the calling
-    session moves to it (its key goes back to that session)."""
-    _, ws = state.add(build_workspace(model, model_name, corpus, progress=progress, spec=spec))
+    session moves to it (its key goes back to that session). :func:`cancel_build` with the same
+    ``session`` stops the build (:class:`BuildCancelled`)."""
+    flag = state.begin_build(session)
+    try:
+        built = build_workspace(model, model_name, corpus, progress=progress, spec=spec, cancel=flag,
+                                show_progress=False)
+    finally:
+        state.end_build(session, flag)
+    _, ws = state.add(built)
     state.warm_up(ws.key)
     return ws
 
 
-def load_builtin_corpus(state: AppState, choice: str, progress: Progress = None, key: str | None = None) -> SwitchView:
+def _cancelled(state: AppState, err: BuildCancelled, what: str, key: str | None) -> SwitchView:
+    return _switched(state, f"Cancelled: {err}. Nothing was saved; {what} is still loaded.", key)
+
+
+def cancel_build(state: AppState, session: str | None) -> str:
+    """Stop the calling session's running index build (the build reports it when it stops)."""
+    if state.cancel(session):
+        return "Cancelling: the build stops after the documents being encoded now; nothing will be saved."
+    return "No indexing is running in this session."
+
+
+def load_builtin_corpus(state: AppState, choice: str, progress: Progress = None, key: str | None = None,
+                        session: str | None = None) -> SwitchView:
     """Index a built-in corpus with the session's model; on failure the session's corpus stays."""
     if not choice:
         return _switched(state, _error("Pick a data set first."), key)
@@ -570,7 +592,9 @@ def load_builtin_corpus(state: AppState, choice: str, progress: Progress = None,
     with state.switch_lock:
         try:
             corpus = load_builtin(choice)
-            ws = _swap_in(state, current.model, current.model_name, corpus, progress, current.spec)
+            ws = _swap_in(state, current.model, current.model_name, corpus, progress, current.spec, session)
+        except BuildCancelled as err:
+            return _cancelled(state, err, "the previous corpus", key)
         except (DataError, OSError, ValueError) as err:
             return _switched(state, _error(f"Could not load {md_text(choice)}: {md_text(err)}. The previous corpus "
                                            "is still loaded."), key)
@@ -579,7 +603,8 @@ def load_builtin_corpus(state: AppState, choice: str, progress: Progress = None,
 
 
 def load_uploaded_corpus(state: AppState, file: str | Path | None, progress: Progress = None,
-                         display_name: str | None = None, key: str | None = None) -> SwitchView:
+                         display_name: str | None = None, key: str | None = None,
+                         session: str | None = None) -> SwitchView:
     """Index an uploaded file (limits: MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS) for the calling session; a
     bad file gives a message and nothing changes."""
     if not file:
@@ -590,20 +615,25 @@ def load_uploaded_corpus(state: AppState, file: str | Path | None, progress: Pro
         try:
             corpus = upload_corpus(path, display_name=display_name or path.name,
                                    max_bytes=MAX_UPLOAD_BYTES, max_documents=MAX_UPLOAD_DOCUMENTS)
-            ws = _swap_in(state, current.model, current.model_name, corpus, progress, current.spec)
+            ws = _swap_in(state, current.model, current.model_name, corpus, progress, current.spec, session)
+        except BuildCancelled as err:
+            return _cancelled(state, err, "the previous corpus", key)
         except (UploadError, DataError, OSError, ValueError, UnicodeError) as err:
             return _switched(state, _error(f"{md_text(err)}. The previous corpus is still loaded."), key)
     return _switched(state, f"Loaded **{md_text(ws.corpus.name)}**: {len(ws.index)} documents.", ws.key)
 
 
-def apply_index_spec(state: AppState, spec: str, progress: Progress = None, key: str | None = None) -> SwitchView:
+def apply_index_spec(state: AppState, spec: str, progress: Progress = None, key: str | None = None,
+                     session: str | None = None) -> SwitchView:
     """Re-index the session's corpus with another index storage (:mod:`m3lab.retrieval.spec`); on
     failure the session's index stays."""
     spec = (spec or "").strip() or "default"
     current = state.get(key)
     with state.switch_lock:
         try:
-            ws = _swap_in(state, current.model, current.model_name, current.corpus, progress, spec)
+            ws = _swap_in(state, current.model, current.model_name, current.corpus, progress, spec, session)
+        except BuildCancelled as err:
+            return _cancelled(state, err, "the previous index", key)
         except (DataError, OSError, ValueError) as err:
             return _switched(state, _error(f"Could not use index storage {md_text(spec)}: {md_text(err)}. The "
                                            "previous index is still loaded."), key)
@@ -677,7 +707,8 @@ def index_spec_table(ws: Workspace) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["property", "value"])
 
 
-def load_model_view(state: AppState, name: str, progress: Progress = None, key: str | None = None) -> SwitchView:
+def load_model_view(state: AppState, name: str, progress: Progress = None, key: str | None = None,
+                    session: str | None = None) -> SwitchView:
     """Load a model (``default``, a local directory or a hub id) and index the session's corpus with it.
 
     Any failure (unknown name, offline hub, broken checkpoint) leaves the session's model serving.
@@ -691,7 +722,9 @@ def load_model_view(state: AppState, name: str, progress: Progress = None, key: 
             if progress is not None:
                 progress(0.0, desc=f"loading model {name}")
             model = state.model(name)
-            ws = _swap_in(state, model, name, current.corpus, progress, current.spec)
+            ws = _swap_in(state, model, name, current.corpus, progress, current.spec, session)
+        except BuildCancelled as err:
+            return _cancelled(state, err, f"the model {md_code(current.model_name)}", key)
         except Exception as err:  # noqa: BLE001 - whatever a checkpoint throws, the app keeps serving
             logger.warning("model %r failed to load: %s", name, err)
             return _switched(state, _error(f"Could not load model {md_text(name)}: {type(err).__name__}: "
@@ -714,7 +747,7 @@ def model_info(ws: Workspace) -> pd.DataFrame:
     m = ws.model
     rows = [["name", ws.model_name], ["path", resolve_model_path(m.name_or_path)], ["hidden size", m.hidden_size],
             ["pooling", m.pooling], ["vocabulary", m.vocab_size], ["max positions", m.max_positions],
-            ["heads", "trained" if m.heads_trained else "untrained (W_mul = identity, W_lex random)"],
+            ["heads", m.heads_origin if m.heads_trained else f"untrained (W_mul = identity, W_lex random): {m.heads_origin}"],
             ["index fingerprint", ws.key], ["index", "loaded from cache" if ws.from_cache else "built"],
             ["cache", str(ws.cache_dir) if ws.cache_dir else "(not cached)"]]
     return pd.DataFrame([[k, str(v)] for k, v in rows], columns=["property", "value"])

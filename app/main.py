@@ -85,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     state, demo = create_app(args.model, languages=languages, corpus=args.corpus, warm_up=not args.no_warm_up,
                              threads=args.threads, qdrant=args.qdrant)
+    from .corpora import MAX_UPLOAD_BYTES
     from .ui import CSS, THEME
 
     ws = state.workspace
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                                         ws.model_name, ws.corpus.name, len(ws.index), ws.spec, args.host, args.port)
     demo.queue(default_concurrency_limit=2, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False, show_error=False,
-                theme=THEME, css=CSS, footer_links=["api"], max_file_size="20mb", ssr_mode=False)
+                theme=THEME, css=CSS, footer_links=["api"], max_file_size=MAX_UPLOAD_BYTES, ssr_mode=False)
     return 0
 
 

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +29,8 @@ import numpy as np
 import platformdirs
 
 from m3lab.data import DataError, Document
-from m3lab.retrieval import (CorpusIndex, CorruptIndexError, ModelMismatchError, corpus_fingerprint, document_text,
-                             model_fingerprint)
+from m3lab.retrieval import (BuildProgress, CorpusIndex, CorruptIndexError, ModelMismatchError, corpus_fingerprint,
+                             document_text, model_fingerprint)
 from m3lab.retrieval.bm25 import BM25Index, standard_analyzer
 from m3lab.retrieval.spec import parse_index_spec
 from m3lab.modeling import M3Model
@@ -190,6 +191,49 @@ class Workspace:
         return text
 
 
+class BuildCancelled(Exception):
+    """The user cancelled an index build; nothing of it was saved."""
+
+    def __init__(self, done: int, total: int, seconds: float):
+        super().__init__(f"indexing cancelled after {seconds:.0f} s ({done:,} of {total:,} documents encoded)")
+        self.done, self.total, self.seconds = done, total, seconds
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` for a person: ``"45 s"``, ``"3 min 05 s"``."""
+    seconds = max(0, round(seconds))
+    return f"{seconds} s" if seconds < 60 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+class BuildReporter:
+    """The ``on_progress`` of :meth:`CorpusIndex.build` for the app: one bar whose share is the tokens
+    encoded so far (what the time follows), an estimate of the time left from the rate so far, and
+    the cancel check: if ``cancel`` is set the build stops at the next chunk (:class:`BuildCancelled`)."""
+
+    def __init__(self, progress: Progress, cancel: threading.Event | None, clock: Callable[[], float] = time.monotonic):
+        self.progress, self.cancel, self.clock = progress, cancel, clock
+        self.start = clock()
+        self.last: BuildProgress | None = None
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            done, total = (self.last.documents, self.last.total_documents) if self.last else (0, 0)
+            raise BuildCancelled(done, total, self.clock() - self.start)
+
+    def describe(self, p: BuildProgress) -> str:
+        text = f"indexing: {p.documents:,} of {p.total_documents:,} documents encoded"
+        elapsed = self.clock() - self.start
+        if 0 < p.fraction < 1 and elapsed > 0:
+            text += f", about {duration(elapsed * (1 - p.fraction) / p.fraction)} left"
+        return text
+
+    def __call__(self, p: BuildProgress) -> None:
+        self.last = p
+        self.check()
+        if self.progress is not None:
+            self.progress(p.fraction, desc=self.describe(p))
+
+
 def index_size(index: CorpusIndex) -> str:
     """The index's size in memory, e.g. ``"12.3 MB, 4.1 kB per document"``."""
     total = sum(index.nbytes().values())
@@ -197,10 +241,14 @@ def index_size(index: CorpusIndex) -> str:
 
 
 def build_workspace(model: M3Model, model_name: str, corpus: Corpus, *, use_cache: bool = True,
-                    progress: Progress = None, show_progress: bool = True, spec: str = "default") -> Workspace:
-    """Load the corpus index of ``model`` from the cache, or build it (with a progress bar) and cache it.
+                    progress: Progress = None, show_progress: bool = True, spec: str = "default",
+                    cancel: threading.Event | None = None) -> Workspace:
+    """Load the corpus index of ``model`` from the cache, or build it (``progress`` gets the share done
+    and a description with the time left, :class:`BuildReporter`) and cache it.
 
-    ``spec``: the index storage, a preset or options of :mod:`m3lab.retrieval.spec`."""
+    ``spec``: the index storage, a preset or options of :mod:`m3lab.retrieval.spec`. Setting ``cancel``
+    stops a build at its next chunk with :class:`BuildCancelled`; nothing is written to the cache
+    (an index is saved only when complete, and atomically)."""
     if not corpus.documents:
         raise DataError(f"corpus {corpus.name!r} has no documents")
     options = parse_index_spec(spec)  # a bad spec fails before any work
@@ -218,11 +266,16 @@ def build_workspace(model: M3Model, model_name: str, corpus: Corpus, *, use_cach
             return Workspace(model, model_name, corpus, index, key, True, folder, spec)
         except (CorruptIndexError, ModelMismatchError, OSError) as err:
             logger.warning("rebuilding the cached index (%s)", err)
-    if progress is not None:
-        progress(0.0, desc=f"indexing {len(corpus.documents)} documents")
     logger.info("indexing %d documents of %s with %s", len(corpus.documents), corpus.name, model_name)
-    index = CorpusIndex.build(model, corpus.documents, max_length=INDEX_SETTINGS["max_length"],
-                              batch_size=INDEX_SETTINGS["batch_size"], show_progress=show_progress, **options)
+    reporter = BuildReporter(progress, cancel)
+    try:
+        index = CorpusIndex.build(model, corpus.documents, max_length=INDEX_SETTINGS["max_length"],
+                                  batch_size=INDEX_SETTINGS["batch_size"], show_progress=show_progress,
+                                  on_progress=reporter, **options)
+        reporter.check()  # a cancel during the last chunk or the dense index build: still nothing saved
+    except BuildCancelled as err:
+        logger.info("%s; nothing saved", err)
+        raise
     if folder is not None:
         try:
             index.save(folder)
@@ -264,7 +317,30 @@ class AppState:
                                                                              workspace.spec)}
         self._lock = threading.RLock()
         self.switch_lock = threading.RLock()  # get() may rebuild while a switch holds it
+        self._cancels: dict[str, threading.Event] = {}  # session -> the cancel flag of its latest build
         enforce_cache_limit(keep=[workspace.cache_dir])
+
+    def begin_build(self, session: str | None) -> threading.Event | None:
+        """A fresh cancel flag for the build ``session`` starts now (what :meth:`cancel` sets)."""
+        if not session:
+            return None
+        with self._lock:
+            self._cancels[session] = flag = threading.Event()
+            return flag
+
+    def end_build(self, session: str | None, flag: threading.Event | None) -> None:
+        with self._lock:
+            if session and self._cancels.get(session) is flag:
+                del self._cancels[session]
+
+    def cancel(self, session: str | None) -> bool:
+        """Ask ``session``'s running build to stop; ``False`` if it has none."""
+        with self._lock:
+            flag = self._cancels.get(session) if session else None
+        if flag is None:
+            return False
+        flag.set()
+        return True
 
     @property
     def workspace(self) -> Workspace:

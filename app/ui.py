@@ -24,6 +24,22 @@ THEME = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
 CSS = """
 #status {font-size: 0.95em}
 .m3-note {color: var(--body-text-color-subdued); font-size: 0.9em}
+/* narrow screens (phones, 420 px): the results keep rank, id, lang, text and score; title and the
+   three component scores (also in the breakdown figure below) give way so the text stays readable */
+@media (max-width: 640px) {
+  #results table th:nth-child(4), #results table th:nth-child(n+7),
+  #results table td:nth-child(4), #results table td:nth-child(n+7),
+  #results [role=gridcell][data-col="3"], #results [role=gridcell][data-col="6"],
+  #results [role=gridcell][data-col="7"], #results [role=gridcell][data-col="8"] {display: none !important}
+  #results [role=gridcell][data-col="0"], #results table th:nth-child(1) {flex: 0 0 2.4em !important; width: 2.4em !important; min-width: 2.4em !important; max-width: 2.4em !important}
+  #results [role=gridcell][data-col="1"], #results table th:nth-child(2) {flex: 0 0 6em !important; width: 6em !important; min-width: 6em !important; max-width: 6em !important}
+  #results [role=gridcell][data-col="2"], #results table th:nth-child(3) {flex: 0 0 2.5em !important; width: 2.5em !important; min-width: 2.5em !important; max-width: 2.5em !important}
+  #results [role=gridcell][data-col="5"], #results table th:nth-child(6) {flex: 0 0 4.4em !important; width: 4.4em !important; min-width: 4.4em !important; max-width: 4.4em !important}
+  #results [role=gridcell][data-col="4"] {flex: 1 1 0 !important; width: auto !important; min-width: 0; overflow: hidden}
+  #results table th:nth-child(5) {width: calc(100vw - 66px - 15.3em) !important; min-width: calc(100vw - 66px - 15.3em) !important;
+                                  max-width: calc(100vw - 66px - 15.3em) !important}
+  #results table {table-layout: fixed !important; width: 100% !important}
+}
 """
 
 
@@ -33,6 +49,11 @@ def _weights(prefix: str) -> tuple[gr.Slider, gr.Slider, gr.Slider]:
         ws = gr.Slider(0, 2, value=0.3, step=0.05, label="w₂ sparse", elem_id=f"{prefix}-w-sparse")
         wc = gr.Slider(0, 2, value=1.0, step=0.05, label="w₃ multi-vector", elem_id=f"{prefix}-w-colbert")
     return wd, ws, wc
+
+
+def _session_id(request: gr.Request | None) -> str | None:
+    """The browser session (or API client) behind a call: whose build a cancel stops."""
+    return getattr(request, "session_hash", None) if request is not None else None
 
 
 def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
@@ -62,7 +83,8 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                 gr.Examples(EXAMPLES, inputs=query, label="Examples")
                 search_msg = gr.Markdown(elem_id="search-msg")
                 results = gr.Dataframe(headers=cb.RESULT_COLUMNS, interactive=False, wrap=True, elem_id="results",
-                                       label="Results",
+                                       label="Results (click a row to see why it scores what it does)",
+                                       max_height=820,
                                        column_widths=["5%", "17%", "5%", "11%", "38%", "6%", "6%", "6%", "6%"])
                 breakdown = gr.Plot(label="Score breakdown", elem_id="breakdown")
                 export = gr.File(label="Download the ranking (CSV, JSON)", file_count="multiple", interactive=False,
@@ -188,6 +210,9 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                     with gr.Column():
                         index_table = gr.Dataframe(cb.index_spec_table(ws0), label="Current index", interactive=False,
                                                    elem_id="index-table")
+                with gr.Row(equal_height=True):
+                    cancel_btn = gr.Button("Cancel indexing", variant="stop", scale=1, elem_id="cancel-btn")
+                    cancel_msg = gr.Markdown(elem_id="cancel-msg")
                 corpus_msg = gr.Markdown(elem_id="corpus-msg")
                 preview = gr.Dataframe(cb.corpus_preview(ws0), label="Documents (first 50)", interactive=False,
                                        wrap=True, elem_id="corpus-preview", column_widths=["22%", "6%", "17%", "55%"])
@@ -200,6 +225,9 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                 with gr.Row(equal_height=True):
                     model_name = gr.Textbox(label="Model", value=ws0.model_name, scale=5, elem_id="model-name")
                     model_btn = gr.Button("Load model", scale=1, elem_id="model-btn")
+                with gr.Row(equal_height=True):
+                    model_cancel_btn = gr.Button("Cancel indexing", variant="stop", scale=1, elem_id="model-cancel-btn")
+                    model_cancel_msg = gr.Markdown(elem_id="model-cancel-msg")
                 model_msg = gr.Markdown(elem_id="model-msg")
                 info = gr.Dataframe(cb.model_info(ws0), label="Current model", interactive=False, elem_id="model-info")
 
@@ -296,15 +324,18 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
             return (v.message, v.header, v.preview, gr.Radio(choices=v.groupings, value="language"),
                     cb.model_info(ws), cb.index_spec_table(ws), _languages(ws), v.key)
 
-        def on_builtin(name, key, progress=gr.Progress(track_tqdm=True)):
-            return _after(cb.load_builtin_corpus(state, name, progress=progress, key=key))
+        # builds report their own progress (tokens encoded, time left) and stop on the session's cancel
+        def on_builtin(name, key, request: gr.Request, progress=gr.Progress()):
+            return _after(cb.load_builtin_corpus(state, name, progress=progress, key=key,
+                                                 session=_session_id(request)))
 
-        def on_upload(file, key, progress=gr.Progress(track_tqdm=True)):
+        def on_upload(file, key, request: gr.Request, progress=gr.Progress()):
             name = getattr(file, "orig_name", None) or (os.path.basename(file) if file else None)
-            return _after(cb.load_uploaded_corpus(state, file, progress=progress, display_name=name, key=key))
+            return _after(cb.load_uploaded_corpus(state, file, progress=progress, display_name=name, key=key,
+                                                  session=_session_id(request)))
 
-        def on_model(name, key, progress=gr.Progress(track_tqdm=True)):
-            return _after(cb.load_model_view(state, name, progress=progress, key=key))
+        def on_model(name, key, request: gr.Request, progress=gr.Progress()):
+            return _after(cb.load_model_view(state, name, progress=progress, key=key, session=_session_id(request)))
 
         builtin_btn.click(on_builtin, inputs=[builtin, wskey], outputs=[corpus_msg, *switch_outputs],
                           api_name="load_corpus", concurrency_id="switch", concurrency_limit=1)
@@ -313,11 +344,18 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
         model_btn.click(on_model, inputs=[model_name, wskey], outputs=[model_msg, *switch_outputs],
                         api_name="load_model", concurrency_id="switch", concurrency_limit=1)
 
-        def on_index_spec(spec, key, progress=gr.Progress(track_tqdm=True)):
-            return _after(cb.apply_index_spec(state, spec, progress=progress, key=key))
+        def on_index_spec(spec, key, request: gr.Request, progress=gr.Progress()):
+            return _after(cb.apply_index_spec(state, spec, progress=progress, key=key, session=_session_id(request)))
 
         index_spec_btn.click(on_index_spec, inputs=[index_spec, wskey], outputs=[corpus_msg, *switch_outputs],
                              api_name="index_spec", concurrency_id="switch", concurrency_limit=1)
+
+        def on_cancel(request: gr.Request):
+            return cb.cancel_build(state, _session_id(request))
+
+        # not queued behind the build it cancels (the switch events run one at a time)
+        cancel_btn.click(on_cancel, outputs=[cancel_msg], api_name="cancel_indexing", queue=False)
+        model_cancel_btn.click(on_cancel, outputs=[model_cancel_msg], api_visibility="private", queue=False)
 
         def on_load():
             ws = state.workspace  # a new session starts on the starting workspace

@@ -600,3 +600,69 @@ def test_explain_gives_the_views_of_one_pair_without_a_search(state):
     assert maxsim.message == cb.maxsim_view(ws, s.session, doc).message
     assert sparse.table.equals(cb.sparse_view(ws, s.session, doc).table)
     assert cb.explain(ws, QUERY, "no-such-doc")[0].message.startswith("⚠️")
+
+
+# ----------------------------------------------------------------------------- progress and cancel
+
+def _upload_file(tmp_path, n=300):
+    path = tmp_path / "many.jsonl"
+    path.write_text("".join(json.dumps({"id": f"d{i}", "text": f"document {i} about topic {i % 17} " * (1 + i % 5)})
+                            + "\n" for i in range(n)), encoding="utf-8")
+    return path
+
+
+def test_build_progress_is_by_tokens_and_ends_at_one(state, tmp_path):
+    reports = []
+    v = cb.load_uploaded_corpus(state, _upload_file(tmp_path), progress=lambda f, desc="": reports.append((f, desc)),
+                                session="s1")
+    assert v.message.startswith("Loaded"), v.message
+    fractions = [f for f, _ in reports]
+    assert fractions[0] == 0.0 and fractions[-1] == pytest.approx(1.0)
+    assert fractions == sorted(fractions) and len(fractions) >= 3  # a chunk of 64 documents at a time
+    assert "300 of 300 documents encoded" in reports[-1][1]
+    assert any("left" in d for _, d in reports[1:-1]), reports  # an estimate while it runs
+
+
+def test_build_reporter_estimates_the_time_left_from_the_rate_so_far():
+    from app.state import BuildReporter, duration
+    from m3lab.retrieval import BuildProgress
+
+    now = [100.0]
+    seen = []
+    r = BuildReporter(lambda f, desc: seen.append((f, desc)), None, clock=lambda: now[0])
+    now[0] = 130.0  # 30 s for a quarter of the tokens: 90 s left
+    r(BuildProgress(10, 100, 250, 1000))
+    assert seen == [(0.25, "indexing: 10 of 100 documents encoded, about 1 min 30 s left")]
+    assert duration(59.4) == "59 s" and duration(3725) == "62 min 05 s"
+
+
+def test_a_cancelled_build_keeps_the_session_and_saves_nothing(state, tmp_path, cache):
+    """Cancel from the first progress report: the call reports it, the session keeps its corpus, and the
+    index cache holds no trace of the build (no index folder, no temporary)."""
+    before = sorted(p.name for p in (cache / "indexes").iterdir()) if (cache / "indexes").is_dir() else []
+    key0 = state.workspace.key
+
+    def progress(fraction, desc=""):
+        if fraction > 0:
+            assert state.cancel("s1")
+
+    v = cb.load_uploaded_corpus(state, _upload_file(tmp_path), progress=progress, key=key0, session="s1")
+    assert v.message.startswith("Cancelled: indexing cancelled after"), v.message
+    # the flag is seen at the next chunk boundary: the chunk being encoded when it was set finishes
+    assert "128 of 300 documents encoded" in v.message and "Nothing was saved" in v.message
+    assert v.key == key0 and state.loaded_keys() == [key0]
+    after = sorted(p.name for p in (cache / "indexes").iterdir()) if (cache / "indexes").is_dir() else []
+    assert after == before
+    assert not state.cancel("s1")  # the build is over: nothing left to cancel
+    assert cb.cancel_build(state, "s1") == "No indexing is running in this session."
+    # the next build of the same session is not cancelled by the old flag
+    v = cb.load_uploaded_corpus(state, _upload_file(tmp_path), key=key0, session="s1")
+    assert v.message.startswith("Loaded"), v.message
+
+
+def test_a_cancel_stops_only_its_own_session(state, tmp_path):
+    def progress(fraction, desc=""):
+        assert not state.cancel("someone-else")
+
+    v = cb.load_uploaded_corpus(state, _upload_file(tmp_path), progress=progress, session="s1")
+    assert v.message.startswith("Loaded"), v.message

@@ -226,9 +226,16 @@ def test_corpus_view_bad_and_good_uploads(page, tmp_path, app):
     blob = tmp_path / "blob.txt"
     blob.write_bytes(bytes(range(256)) * 64)
     assert "binary" in upload(page, blob)
+    # one limit: Gradio's upload limit is the app's own, so a file over it is refused before it is sent
     huge = tmp_path / "huge.txt"
     huge.write_bytes(b"lorem ipsum dolor sit amet\n" * 230_000)  # 6.2 MB
-    assert "over the 5 MB upload limit" in upload(page, huge)
+    page.locator("#upload button[aria-label=Clear]").click()
+    page.set_input_files("#upload input[type=file]", str(huge))
+    toast = page.get_by_text("exceed the maximum allowed size of 5.0 Mb")
+    toast.wait_for(timeout=30_000)
+    assert "huge.txt" in toast.inner_text()
+    page.click("#upload-btn")
+    wait_text(page, "#corpus-msg", "Choose a file to upload first")
     good = tmp_path / "mine.jsonl"
     good.write_text("\n".join(json.dumps({"id": f"m{i}", "text": t, "lang": "en"}) for i, t in enumerate(
         ["The Eiffel Tower is in Paris.", "Bees make honey.", "Volcanoes erupt lava."])), encoding="utf-8")

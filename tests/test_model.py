@@ -562,3 +562,23 @@ def test_default_resolves_to_the_shipped_model():
     assert saved_base(shipped) == "e5-small" and (shipped / DELTA_FILE).is_file()
     size = sum(p.stat().st_size for p in shipped.rglob("*") if p.is_file())
     assert size < 50 * 2**20, f"the shipped model takes {size / 2**20:.1f} MiB"
+
+
+def test_saved_heads_say_whether_they_were_trained(tiny_bert_dir, tmp_path):
+    """Head files alone do not make trained heads: m3lab records it when it saves, and a checkpoint
+    without the record (FlagEmbedding's layout) is taken as trained and said to be unrecorded."""
+    fresh = M3Model.from_pretrained(tiny_bert_dir, device="cpu", dtype=torch.float32)
+    assert not fresh.heads_trained and "no head files" in fresh.heads_origin
+    saved = fresh.save_pretrained(tmp_path / "initialised")
+    assert (saved / COLBERT_FILE).is_file()
+    assert json.loads((saved / "m3lab_config.json").read_text())["heads_trained"] is False
+    again = M3Model.from_pretrained(saved, device="cpu", dtype=torch.float32)
+    assert not again.heads_trained and "never trained" in again.heads_origin
+    fresh.heads_trained = True  # as the trainer marks it after an optimizer step
+    trained = M3Model.from_pretrained(fresh.save_pretrained(tmp_path / "trained"), device="cpu", dtype=torch.float32)
+    assert trained.heads_trained and trained.heads_origin.startswith("trained")
+    unrecorded = tmp_path / "flag-layout"
+    shutil.copytree(tmp_path / "trained", unrecorded)
+    (unrecorded / "m3lab_config.json").unlink()
+    other = M3Model.from_pretrained(unrecorded, device="cpu", dtype=torch.float32)
+    assert other.heads_trained and "no record" in other.heads_origin

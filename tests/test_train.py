@@ -161,6 +161,8 @@ def test_a_failure_while_saving_leaves_the_previous_checkpoint(tiny_bert_dir, tr
     # save_total_limit keeps the newest two; the final model is bge-m3's layout
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-3"]
     assert (result.final_dir / "colbert_linear.pt").is_file() and (result.final_dir / "sparse_linear.pt").is_file()
+    # the tiny BERT started with initialised heads; trained ones are recorded as such
+    assert json.loads((result.final_dir / "m3lab_config.json").read_text())["heads_trained"] is True
 
 
 # ----------------------------------------------------------------------------- stages and freezing

@@ -212,6 +212,8 @@ class M3Model(nn.Module):
         self.pooling = pooling
         self.name_or_path = name_or_path
         self.heads_trained = heads_trained
+        #: What is known of the heads, in words (set by :meth:`from_pretrained` from the checkpoint's record).
+        self.heads_origin = "trained" if heads_trained else "initialised by init_heads (seed 0), not trained"
         #: Text put before every query / passage by :meth:`encode_queries` / :meth:`encode_corpus`
         #: (e.g. e5's "query: " / "passage: "), and where they cut; saved in m3lab_config.json.
         self.prompts = {**DEFAULT_PROMPTS, **(prompts or {})}
@@ -267,16 +269,28 @@ class M3Model(nn.Module):
         d = encoder.config.hidden_size
         colbert_linear, sparse_linear = nn.Linear(d, d), nn.Linear(d, 1)
         has_heads = (path / COLBERT_FILE).is_file() and (path / SPARSE_FILE).is_file()
+        recorded = _saved_heads_trained(path)  # what m3lab recorded when it saved them (None: no record)
+        heads_trained = has_heads and recorded is not False
         if has_heads:
             colbert_linear.load_state_dict(_load_state(path / COLBERT_FILE))
             sparse_linear.load_state_dict(_load_state(path / SPARSE_FILE))
+            if recorded is False:
+                logger.warning("%s: its m3lab_config.json records the heads as never trained (saved as "
+                               "initialised by init_heads)", path)
         else:
             init_heads(colbert_linear, sparse_linear)
             logger.warning("%s has no %s/%s: the multi-vector and sparse heads are untrained "
                            "(initialised by m3lab.modeling.init_heads, seed 0)", path, COLBERT_FILE, SPARSE_FILE)
         model = cls(encoder, tokenizer, pooling=pooling, colbert_linear=colbert_linear,
-                    sparse_linear=sparse_linear, name_or_path=str(name_or_path), heads_trained=has_heads,
+                    sparse_linear=sparse_linear, name_or_path=str(name_or_path), heads_trained=heads_trained,
                     matryoshka_dims=_saved_matryoshka_dims(path), **saved_settings(path))
+        if not has_heads:
+            model.heads_origin = "no head files: initialised by init_heads (seed 0), not trained"
+        elif recorded is None:
+            model.heads_origin = "head files present, with no record of their training (taken as trained)"
+        else:
+            model.heads_origin = ("trained (recorded by m3lab when saved)" if recorded else
+                                  "saved as initialised by init_heads, never trained (recorded by m3lab)")
         return model.to(device=device, dtype=dtype).eval()
 
     def save_pretrained(self, path: str | os.PathLike, *, encoder_dtype: torch.dtype | None = None) -> Path:
@@ -302,7 +316,7 @@ class M3Model(nn.Module):
         torch.save(_cpu_float_state(self.colbert_linear), folder / COLBERT_FILE)
         torch.save(_cpu_float_state(self.sparse_linear), folder / SPARSE_FILE)
         extra = {"matryoshka_dims": list(self.matryoshka_dims)} if self.matryoshka_dims else {}
-        write_json(folder / CONFIG_FILE, {"pooling": self.pooling, **record,
+        write_json(folder / CONFIG_FILE, {"pooling": self.pooling, **record, "heads_trained": bool(self.heads_trained),
                                           "colbert_dim": self.colbert_linear.out_features,
                                           "prompts": dict(self.prompts), "max_lengths": dict(self.max_lengths),
                                           **extra})
@@ -497,6 +511,16 @@ class M3Model(nn.Module):
     def __repr__(self) -> str:
         return (f"M3Model({self.name_or_path!r}, pooling={self.pooling!r}, d={self.hidden_size}, "
                 f"heads_trained={self.heads_trained})")
+
+
+def _saved_heads_trained(path: Path) -> bool | None:
+    """``heads_trained`` of a checkpoint's m3lab_config.json: whether its heads were trained when m3lab
+    saved them (None: no record, e.g. a FlagEmbedding checkpoint)."""
+    cfg = path / CONFIG_FILE
+    if not cfg.is_file():
+        return None
+    value = json.loads(cfg.read_text(encoding="utf-8")).get("heads_trained")
+    return None if value is None else bool(value)
 
 
 def _saved_matryoshka_dims(path: Path) -> list[int] | None:

@@ -35,8 +35,9 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import faiss
 import numpy as np
@@ -102,6 +103,22 @@ _FILES = {"dense": "dense.npy", "faiss": "dense.faiss", "sparse": "sparse.npz",
 
 
 _SCORE_BLOCK = 1 << 24  # floats per (queries x documents) block of dense/sparse scores (64 MB)
+
+
+class BuildProgress(NamedTuple):
+    """How far :meth:`CorpusIndex.build` is: documents encoded, and the same in tokens (as truncated
+    for the model), which the encoding time follows; documents go longest first, so their count
+    alone would promise too early an end."""
+
+    documents: int
+    total_documents: int
+    tokens: int
+    total_tokens: int
+
+    @property
+    def fraction(self) -> float:
+        """The share of the work done (by tokens)."""
+        return self.tokens / self.total_tokens if self.total_tokens else 1.0
 
 
 class CorruptIndexError(ValueError):
@@ -219,7 +236,8 @@ class CorpusIndex:
               mcls: bool = False, with_titles: bool = True, encodings: EncodeOutput | None = None,
               ivf_nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
               show_progress: bool = True, pool: EncodePool | None = None, processes: int | None = None,
-              devices: Sequence[str] | None = None) -> CorpusIndex:
+              devices: Sequence[str] | None = None,
+              on_progress: Callable[[BuildProgress], None] | None = None) -> CorpusIndex:
         """Encode ``documents`` with ``model`` and index them.
 
         ``store``: which functions to keep (all three by default); ``dense_index``: ``"flat"``
@@ -252,6 +270,9 @@ class CorpusIndex:
         its passage max length), longest first in chunks, under one progress bar; ``processes`` or
         ``devices`` (or a ``pool``) encode them in worker processes (:class:`m3lab.modeling.pool.EncodePool`),
         with the same result.
+
+        ``on_progress`` is called with a :class:`BuildProgress` before the first chunk and after each
+        one; it may raise (e.g. to cancel a build) and the build stops there, with nothing written.
         """
         if pool is None and (processes or devices) and encodings is None:
             with EncodePool(model, processes=processes, devices=devices) as own:
@@ -307,6 +328,11 @@ class CorpusIndex:
         colbert: list[np.ndarray | None] = [None] * n
         muvera_fde = np.zeros((n, muvera_config.output_dimension), dtype=np.float32) if muvera_config else None
         bar = tqdm(total=n, desc="index", unit="doc", disable=not show_progress)
+        if on_progress is not None:  # the work per document: its tokens as the model will see them
+            lengths = np.array([len(ids) for ids in model.tokenizer(texts, truncation=True, max_length=max_length)
+                                ["input_ids"]], dtype=np.int64) if n else np.zeros(0, dtype=np.int64)
+            done_tokens = 0
+            on_progress(BuildProgress(0, n, 0, int(lengths.sum())))
         for start in range(0, n, chunk):
             idx = order[start:start + chunk]
             need = {"dense": "dense" in store, "colbert": "colbert" in store,
@@ -332,6 +358,9 @@ class CorpusIndex:
                 for row, i in enumerate(idx):
                     colbert[i] = vecs[row].astype(np.float32 if colbert_dtype == "int8" else colbert_dtype, copy=False)
             bar.update(len(idx))
+            if on_progress is not None:
+                done_tokens += int(lengths[idx].sum())
+                on_progress(BuildProgress(min(start + chunk, n), n, done_tokens, int(lengths.sum())))
         bar.close()
 
         sparse = None

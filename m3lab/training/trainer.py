@@ -78,6 +78,11 @@ def train(config: TrainConfig | str | Path | dict, *, overrides: Sequence[str] =
     return result
 
 
+def _heads_train(model) -> bool:
+    """Whether the optimizer updates both heads (they are not frozen)."""
+    return all(p.requires_grad for head in (model.colbert_linear, model.sparse_linear) for p in head.parameters())
+
+
 class Trainer:
     """The training loop. Build it with a validated :class:`TrainConfig`, then :meth:`run`."""
 
@@ -199,6 +204,9 @@ class Trainer:
                     out = self._micro_step(indices, epoch, loss_fn, window)
                     window.add_loss(out, 1.0 / c.gradient_accumulation_steps)
                 window.grad_norm += self._optimizer_step()
+                if not self.model.heads_trained and _heads_train(self.model):
+                    self.model.heads_trained = True  # saved in m3lab_config.json: the app says so
+                    self.model.heads_origin = "trained"
                 window.steps += 1
                 self.step += 1
                 bar.update(1)

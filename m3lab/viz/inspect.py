@@ -167,3 +167,123 @@ def maxsim_alignment(model: M3Model, query: EncodeOutput, passage: EncodeOutput,
                            similarity=sim, best=best, contributions=contributions.astype(np.float32), total=total,
                            query_is_special=[t in special for t in q_ids],
                            passage_is_special=[t in special for t in p_ids])
+
+
+def picked_columns(alignment: MaxSimAlignment, context: int = 0) -> np.ndarray:
+    """The passage columns some query token picked (``alignment.best``), each with ``context``
+    neighbours on either side: sorted, unique, within the passage.
+
+    Cropping a MaxSim view to these columns hides only columns no query token picked, so every
+    row's maximum, and with it every contribution and s_mul, is unchanged.
+    """
+    if context < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+    n_p = len(alignment.passage_tokens)
+    best = np.asarray(alignment.best, dtype=np.int64).reshape(-1)
+    if not n_p or not best.size:
+        return np.zeros(0, dtype=np.int64)
+    cols = (best[:, None] + np.arange(-context, context + 1)[None]).reshape(-1)
+    return np.unique(cols[(cols >= 0) & (cols < n_p)])
+
+
+class MaxSimSpan(NamedTuple):
+    """A piece of a passage for the MaxSim text view.
+
+    ``text``: the piece as it stands in the passage (or, for ``kind="special"``, the token string);
+    ``picked``: the (query token index, similarity) pairs whose best match lies in it, strongest first;
+    ``columns``: the passage columns (MaxSim vectors) covering it, empty for text between tokens;
+    ``kind``: ``"text"`` (passage text), ``"truncated"`` (text past the last encoded token: no vector)
+    or ``"special"`` (a picked vector without passage text: a special token such as ``</s>``, a prompt
+    token, or a token without characters; listed after the text).
+    """
+
+    text: str
+    picked: list[tuple[int, float]]
+    columns: tuple[int, ...] = ()
+    kind: str = "text"
+
+
+def _picks_by_column(alignment: MaxSimAlignment) -> dict[int, list[tuple[int, float]]]:
+    sim = np.asarray(alignment.similarity)
+    picks: dict[int, list[tuple[int, float]]] = {}
+    for i, j in enumerate(np.asarray(alignment.best).tolist()):
+        if sim.size:
+            picks.setdefault(int(j), []).append((i, float(sim[i, j])))
+    return picks
+
+
+def _strongest(picks: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    return sorted(picks, key=lambda p: (-p[1], p[0]))
+
+
+def maxsim_passage_spans(model_or_tokenizer: M3Model | Any, alignment: MaxSimAlignment, passage_text: str, *,
+                         prompt: str | None = None) -> list[MaxSimSpan]:
+    """``passage_text`` cut into :class:`MaxSimSpan` pieces, each passage vector's characters carrying the
+    query tokens that picked it (the ColBERT-style view of MaxSim), from a fast tokenizer's offsets.
+
+    The passage's multi-vector tokens (every token but the first) are matched in order to the text's
+    tokens, so truncation and MCLS's inserted [CLS] (no vectors) need no settings; ``prompt`` is the
+    text the passage was encoded behind (default: a model's ``prompts["passage"]``, as
+    :meth:`M3Model.encode_corpus` encodes it; pass ``""`` for :meth:`M3Model.encode`). The text and
+    truncated pieces concatenate back to ``passage_text``; picked vectors without passage text follow
+    as ``"special"`` pieces. Without a fast tokenizer (no offsets) the pieces are the token strings,
+    each followed by a space. Raises ``ValueError`` if the text does not give the alignment's tokens.
+    """
+    tok = _tokenizer(model_or_tokenizer)
+    if prompt is None:
+        prompt = model_or_tokenizer.prompts.get("passage", "") if isinstance(model_or_tokenizer, M3Model) else ""
+    a = alignment
+    picks = _picks_by_column(a)
+    special = list(a.passage_is_special) if len(a.passage_is_special) == len(a.passage_tokens) \
+        else [False] * len(a.passage_tokens)
+    extras = [MaxSimSpan(a.passage_tokens[j], _strongest(picks[j]), (j,), "special") for j in sorted(picks)]
+    if not getattr(tok, "is_fast", False):
+        out: list[MaxSimSpan] = []
+        for j, t in enumerate(a.passage_tokens):
+            if special[j]:
+                continue
+            out += [MaxSimSpan(t, _strongest(picks.get(j, [])), (j,)), MaxSimSpan(" ", [])]
+        return out + [s for s in extras if special[s.columns[0]]]
+
+    full = prompt + passage_text
+    enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids = [int(i) for i in enc["input_ids"]]
+    strings = tok.convert_ids_to_tokens(ids)
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    base = len(prompt)
+    # walk the vectors in order: a vector is the text's next token, or a token the tokenizer added
+    spans: dict[int, tuple[int, int]] = {}   # column -> character span in passage_text
+    k = 0
+    for j, t in enumerate(a.passage_tokens):
+        if k < len(ids) and strings[k] == t:
+            s, e = offsets[k]
+            s, e = max(s - base, 0), e - base
+            if e > s:
+                spans[j] = (s, e)
+            k += 1
+        elif not special[j]:
+            raise ValueError(f"passage token {j} ({t!r}) is not the text's next token "
+                             f"({strings[k] if k < len(strings) else 'none'!r}): was the alignment made from this "
+                             f"passage{' behind the prompt ' + repr(prompt) if prompt else ''}?")
+    # tokens left over were cut by truncation: their text has no vector
+    cut = next((offsets[m][0] - base for m in range(k, len(ids)) if offsets[m][1] > offsets[m][0]), None)
+    end_encoded = len(passage_text) if cut is None else max(cut, max((e for _, e in spans.values()), default=0))
+
+    # elementary pieces between all token boundaries: overlapping offsets share their pieces
+    cuts = sorted({0, end_encoded, len(passage_text)} | {c for se in spans.values() for c in se})
+    at = {c: k for k, c in enumerate(cuts)}
+    covering: list[list[int]] = [[] for _ in cuts]
+    for j, (s, e) in spans.items():
+        for k in range(at[s], at[e]):
+            covering[k].append(j)
+    out = []
+    for k, (s, e) in enumerate(zip(cuts, cuts[1:])):
+        cols = tuple(covering[k])
+        found = [p for j in cols for p in picks.get(j, [])]
+        kind = "truncated" if s >= end_encoded else "text"
+        prev = out[-1] if out else None
+        if prev is not None and not cols and not prev.columns and prev.kind == kind:
+            out[-1] = prev._replace(text=prev.text + passage_text[s:e])
+        else:
+            out.append(MaxSimSpan(passage_text[s:e], _strongest(found), cols, kind))
+    return out + [s for s in extras if s.columns[0] not in spans]
