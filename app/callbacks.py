@@ -19,7 +19,9 @@ import json
 import logging
 import os
 import tempfile
+import threading
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,12 +35,13 @@ from m3lab import plots, scoring
 from m3lab.data import DataError
 from m3lab.retrieval import document_text
 from m3lab.viz.inspect import (LexicalMatch, MaxSimAlignment, TokenWeight, UnknownShare, lexical_match,
-                               maxsim_alignment, special_token_ids, token_weights, unknown_pieces, unknown_token_share)
+                               maxsim_alignment, maxsim_passage_spans, picked_columns, special_token_ids, token_weights,
+                               unknown_pieces, unknown_token_share)
 from m3lab.modeling import EncodeOutput, resolve_model_path, score_encoded
 
 from .corpora import (MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, Corpus, UploadError, load_builtin,
                       load_evaluation_dataset, upload_corpus)
-from m3lab.evaluation.explore import explore_retrieval, fusion_sweep
+from m3lab.evaluation.explore import RankingComparison, compare_rankings, explore_retrieval, fusion_sweep
 from m3lab.retrieval.spec import describe_spec
 
 from .state import MODEL_LOCK, AppState, BuildCancelled, Workspace, build_workspace, dense_of, index_size
@@ -258,7 +261,8 @@ def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0
         note += f" (weights dense {weights[0]:g}, sparse {weights[1]:g}, multi-vector {weights[2]:g})"
     if not ws.model.heads_trained:
         note += ". ⚠️ The model's sparse and multi-vector heads are untrained: only dense scores are meaningful."
-    session = {"workspace": ws.key, "query": query, "doc_ids": [c[1] for c in choices]}
+    session = {"workspace": ws.key, "query": query, "doc_ids": [c[1] for c in choices], "mode": mode,
+               "weights": list(weights)}
     return SearchView(_with_note(note, vocab), table, choices, session, fig, unknown,
                       export_ranking(full, {"query": query, "mode": mode, "weights": list(weights),
                                              "language": language or ALL_LANGUAGES, "corpus": ws.corpus.name,
@@ -340,6 +344,7 @@ class SparseView:
         columns=["token", "w_query", "w_passage", "w_q·w_p"]))
     match: LexicalMatch | None = None
     unknown: UnknownShare | None = None
+    distribution_figure: go.Figure | None = None
 
 
 def explain(ws: Workspace, query: str, doc_id: str) -> tuple[SparseView, MaxSimView]:
@@ -349,16 +354,43 @@ def explain(ws: Workspace, query: str, doc_id: str) -> tuple[SparseView, MaxSimV
     return sparse_view(ws, session, doc_id), maxsim_view(ws, session, doc_id)
 
 
-def sparse_view(ws: Workspace, session: Session | None, doc_id: str | None) -> SparseView:
-    """Token weights of the query and the chosen result, their shared tokens and contributions (sum = s_lex).
+def corpus_scores(ws: Workspace, query: str) -> dict[str, np.ndarray]:
+    """Every document's s_dense, s_lex and s_mul for ``query`` (CorpusIndex.score_documents), the last
+    few queries' kept per workspace: what the score distribution draws."""
+    key = (ws.key, query)
+    with _SCORE_LOCK:
+        if key in _SCORE_CACHE:
+            _SCORE_CACHE.move_to_end(key)
+            return _SCORE_CACHE[key]
+    with MODEL_LOCK:
+        q = ws.index.encode_queries(query, components=ws.index.stored)
+    scores = {k: np.asarray(v, dtype=np.float64) for k, v in
+              ws.index.score_documents(q, list(range(len(ws.index)))).items()}
+    with _SCORE_LOCK:
+        _SCORE_CACHE[key] = scores
+        while len(_SCORE_CACHE) > 16:
+            _SCORE_CACHE.popitem(last=False)
+    return scores
 
-    Special tokens are marked (:data:`SPECIAL_BADGE`) in the table and the bars; the message ends
+
+_SCORE_CACHE: OrderedDict[tuple[str, str], dict[str, np.ndarray]] = OrderedDict()
+_SCORE_LOCK = threading.Lock()
+
+
+def sparse_view(ws: Workspace, session: Session | None, doc_id: str | None,
+                exclude_special: bool = False) -> SparseView:
+    """Token weights of the query and the chosen result, their shared tokens and contributions (sum = s_lex),
+    and where this result's three scores lie among the whole corpus's for the query.
+
+    Special tokens are marked (:data:`SPECIAL_BADGE`) in the table and the bars; ``exclude_special``
+    leaves them out of the bars (their titles say how many and how much they add). The message ends
     with the query's :func:`vocabulary_note`.
     """
     pair = _pair(ws, session, doc_id)
     if isinstance(pair, str):
         blank = plots.empty_figure(pair)
-        return SparseView(_error(pair), query_figure=blank, passage_figure=blank, match_figure=blank)
+        return SparseView(_error(pair), query_figure=blank, passage_figure=blank, match_figure=blank,
+                          distribution_figure=blank)
     query, doc, passage = pair
     q, p = _encode_pair(ws, query, passage)
     match = lexical_match(ws.model, q, p)
@@ -377,11 +409,20 @@ def sparse_view(ws: Workspace, session: Session | None, doc_id: str | None) -> S
     if any(special) or any(w.is_special for w in q_weights + p_weights):
         msg += "\n\n" + SPECIAL_LEGEND
     vocab, unknown = _vocabulary(ws, query)
+    scores = corpus_scores(ws, query)
+    pos = ws.position(doc.id)
+    weights = (session or {}).get("weights") or [1.0, 0.3, 1.0]
+    distribution = plots.score_distribution(
+        scores, marked={k: float(v[pos]) for k, v in scores.items()},
+        weights=dict(zip(("dense", "sparse", "colbert"), map(float, weights))),
+        title=f"Scores of every document for this query; the line marks {html.escape(doc.id)}")
     return SparseView(
         _with_note(msg, vocab), highlight(ws, query, q.sparse[0]), highlight(ws, passage, p.sparse[0]),
-        plots.token_weight_bar(_plot_weights(q_weights), title="Query token weights"),
-        plots.token_weight_bar(_plot_weights(p_weights), title=f"Passage token weights ({html.escape(doc.id)})"),
-        plots.lexical_contribution_bar(_plot_match(match)), table, match, unknown)
+        plots.token_weight_bar(_plot_weights(q_weights), title="Query token weights", exclude_special=exclude_special),
+        plots.token_weight_bar(_plot_weights(p_weights), title=f"Passage token weights ({html.escape(doc.id)})",
+                               exclude_special=exclude_special),
+        plots.lexical_contribution_bar(_plot_match(match), exclude_special=exclude_special), table, match, unknown,
+        distribution)
 
 
 @dataclass
@@ -392,10 +433,27 @@ class MaxSimView:
         columns=["query token", "best passage token", "similarity", "contribution"]))
     alignment: MaxSimAlignment | None = None
     unknown: UnknownShare | None = None
+    text_html: str = ""  # the passage with each query token's best match highlighted (the ColBERT-style view)
 
 
-def maxsim_view(ws: Workspace, session: Session | None, doc_id: str | None) -> MaxSimView:
-    """Query × passage token similarities, each query token's best match and its share of s_mul.
+#: which passage columns the MaxSim heatmap draws: "auto" = all of a short passage, else the picked ones ± 1
+MAXSIM_COLUMNS = {"auto": None, "all passage tokens": "all", "picked tokens only": 0, "picked tokens ± 2": 2}
+MAXSIM_SHORT = 60  # passage vectors up to which "auto" draws them all
+
+
+def _maxsim_columns(a: MaxSimAlignment, columns: str) -> np.ndarray | None:
+    choice = MAXSIM_COLUMNS.get(columns, None)
+    if choice is None:
+        choice = "all" if len(a.passage_tokens) <= MAXSIM_SHORT else 1
+    return None if choice == "all" else picked_columns(a, context=int(choice))
+
+
+def maxsim_view(ws: Workspace, session: Session | None, doc_id: str | None, columns: str = "auto") -> MaxSimView:
+    """Query × passage token similarities, each query token's best match and its share of s_mul, and
+    the passage text with those best matches highlighted.
+
+    ``columns`` (:data:`MAXSIM_COLUMNS`) crops the heatmap to the passage tokens some query token
+    picked (± neighbours); the cropped columns are ones nobody picked, so no number changes.
 
     Special tokens are marked (:data:`SPECIAL_BADGE`) in the table and the heatmap, and the message
     counts the query tokens whose best match is one (e.g. the passage's ``</s>``); it ends with the
@@ -419,8 +477,16 @@ def maxsim_view(ws: Workspace, session: Session | None, doc_id: str | None) -> M
     if to_special or any(_flags(a.query_is_special, len(a.query_tokens))):
         msg += "\n\n" + SPECIAL_LEGEND
     vocab, unknown = _vocabulary(ws, query)
-    return MaxSimView(_with_note(msg, vocab), plots.maxsim_heatmap(_plot_alignment(a)), _alignment_table(a), a,
-                      unknown)
+    try:
+        spans = maxsim_passage_spans(ws.model, a, passage)
+        text = plots.maxsim_text_html(spans, a.query_tokens,
+                                      query_is_special=_flags(a.query_is_special, len(a.query_tokens)))
+    except ValueError as err:  # a tokenizer whose offsets do not give the encoded tokens back
+        logger.warning("no MaxSim text view for %s: %s", doc.id, err)
+        text = f"<p>(no text view for this tokenizer: {html.escape(str(err))})</p>"
+    cols = _maxsim_columns(a, columns)
+    return MaxSimView(_with_note(msg, vocab), plots.maxsim_heatmap(_plot_alignment(a), columns=cols),
+                      _alignment_table(a), a, unknown, text)
 
 
 def _alignment_table(a: MaxSimAlignment) -> pd.DataFrame:
@@ -442,11 +508,39 @@ class ProjectionView:
     figure: go.Figure
 
 
+NO_FOCUS = "(nothing)"
+PASSAGE_FOCUS = "passage: "  # a focus choice naming one document: "passage: <id>"
+
+
+def focus_choices(ws: Workspace, color_by: str = "language", limit: int = 5000) -> list[str]:
+    """What the Projection view can highlight: nothing, one value of the colouring (e.g. one topic),
+    or one passage (with its translations, when the corpus links them)."""
+    labels = ws.corpus.labels.get(color_by) or ws.corpus.labels["language"]
+    return [NO_FOCUS] + sorted(set(labels)) + [PASSAGE_FOCUS + d.id for d in ws.documents[:limit]]
+
+
+def translation_groups(ws: Workspace) -> list[list[int]]:
+    """The documents that translate one another (the same ``topic`` in two or more languages), each group
+    in language order: what the Projection view joins with lines."""
+    topics = ws.corpus.labels.get("topic")
+    if topics is None:
+        return []
+    groups: dict[str, list[int]] = {}
+    for i, t in enumerate(topics):
+        groups.setdefault(t, []).append(i)
+    lang = ws.corpus.labels["language"]
+    return [sorted(g, key=lambda i: lang[i]) for g in groups.values() if len({lang[i] for i in g}) > 1]
+
+
 def projection_view(ws: Workspace, session: Session | None, color_by: str = "language",
-                    align_languages: bool = True, progress: Progress = None) -> ProjectionView:
+                    align_languages: bool = True, progress: Progress = None, focus: str | None = None,
+                    link_translations: bool = False) -> ProjectionView:
     """The corpus map coloured by ``color_by``, the last query as a star and its results ringed.
 
     ``align_languages`` removes each language's mean vector before mapping (multilingual corpora).
+    ``focus`` (:func:`focus_choices`) draws one label's points, or one passage and its translations,
+    in colour and the rest grey; ``link_translations`` joins translations of one passage by lines
+    (:func:`translation_groups`; all of them, or the focused passage's).
     """
     labels = ws.corpus.labels.get(color_by)
     if labels is None:
@@ -469,8 +563,28 @@ def projection_view(ws: Workspace, session: Session | None, color_by: str = "lan
         msg += f"; ★ = the query **{md_text(session['query'])}**, ringed = its results"
     else:
         msg += " (search to place a query in it)"
+    focus_arg, links = None, None
+    groups = translation_groups(ws) if link_translations else []
+    if focus and focus != NO_FOCUS:
+        if focus.startswith(PASSAGE_FOCUS) and ws.position(focus[len(PASSAGE_FOCUS):]) is not None:
+            pos = ws.position(focus[len(PASSAGE_FOCUS):])
+            group = next((g for g in translation_groups(ws) if pos in g), [pos])
+            focus_arg, groups = group, [g for g in groups if pos in g]
+            msg += f"; highlighted: {md_text(focus[len(PASSAGE_FOCUS):])}" + (
+                f" and its {len(group) - 1} translation(s)" if len(group) > 1 else "")
+        elif focus in set(labels):
+            focus_arg = focus
+            msg += f"; highlighted: {color_by} {md_text(focus)} ({labels.count(focus)} documents)"
+            if groups:
+                members = {i for i, lab in enumerate(labels) if lab == focus}
+                groups = [g for g in groups if members.intersection(g)]
+    if link_translations:
+        links = groups or None
+        msg += (f"; lines join the {len(groups)} passage(s) with translations" if groups else
+                "; this corpus links no translations (no topic shared across languages)")
     fig = plots.projection_scatter(proj.coords, labels, texts, query_coords=q_xy, query_texts=q_text,
-                                   highlight=highlight_idx, legend_title=color_by, method=proj.method)
+                                   highlight=highlight_idx, legend_title=color_by, method=proj.method,
+                                   focus=focus_arg, links=links)
     return ProjectionView(msg + ".", fig)
 
 
@@ -533,6 +647,98 @@ def compare(ws: Workspace, text_a: str, text_b: str, w_dense: float = 1.0, w_spa
     return CompareView(_with_note(msg, vocab), pd.DataFrame(rows, columns=["function", "score", "how"]),
                        plots.score_bars(values, weights=weights), plots.lexical_contribution_bar(_plot_match(match)),
                        plots.maxsim_heatmap(_plot_alignment(align)), values, unknown)
+
+
+# ----------------------------------------------------------------------------- Models (model vs model)
+
+COMPARE_MODES = ("dense", "sparse", "multi-vector", "hybrid")  # BM25 does not depend on the model
+
+
+@dataclass
+class ModelsView:
+    message: str
+    table: pd.DataFrame = field(default_factory=pd.DataFrame)
+    figure: go.Figure | None = None
+    comparison: RankingComparison | None = None
+
+
+def compare_models(state: AppState, model_a: str, model_b: str, query: str, mode: str = "hybrid",
+                   w_dense: float = 1.0, w_sparse: float = 0.3, w_colbert: float = 1.0, top_k: int = 10,
+                   key: str | None = None, progress: Progress = None, session: str | None = None) -> ModelsView:
+    """Two models on the same query and the session's corpus: both rankings (each model's own
+    :func:`search`), the rank changes (:func:`m3lab.evaluation.explore.compare_rankings`), and each
+    function's score of every document either ranked, under both models.
+
+    A model not loaded yet is loaded and indexes the corpus (cached on disk, cancellable like any build);
+    the session's own workspace does not change.
+    """
+    current = state.get(key)
+    names = [(model_a or "").strip() or current.model_name, (model_b or "").strip()]
+    if not names[1]:
+        return ModelsView(_error("Enter model B: `default`, `e5-small`, `minilm`, a local directory or a hub id."))
+    if mode not in COMPARE_MODES:
+        return ModelsView(_error(f"Compare models in one of {', '.join(COMPARE_MODES)} (BM25 is the same for "
+                                 "every model)."))
+    spaces = []
+    flag = state.begin_build(session)
+    try:
+        for name in names:
+            if progress is not None:
+                progress(0.0, desc=f"model {name}: loading it and its index of {current.corpus.name}")
+            try:
+                spaces.append(current if name == current.model_name else
+                              state.workspace_for(name, current.corpus, current.spec, progress=progress, cancel=flag))
+            except BuildCancelled as err:
+                return ModelsView(f"Cancelled: {err}. Nothing was saved.")
+            except Exception as err:  # noqa: BLE001 - whatever a checkpoint throws, the app keeps serving
+                logger.warning("model %r failed to load: %s", name, err)
+                return ModelsView(_error(f"Could not load model {md_text(name)}: {type(err).__name__}: "
+                                         f"{md_text(_model_error(name, err))}."))
+    finally:
+        state.end_build(session, flag)
+    views = [search(ws, query, mode, w_dense, w_sparse, w_colbert, top_k) for ws in spaces]
+    if not views[0].session.get("doc_ids") and views[0].message.startswith("⚠️"):
+        return ModelsView(views[0].message)
+    ids = [list(v.table["id"]) for v in views]
+    comparison = compare_rankings(ids[0], ids[1], k=max(len(ids[0]), len(ids[1]), 1))
+    weights = tuple(float(w or 0.0) for w in (w_dense, w_sparse, w_colbert))
+    per_model = []  # every function's score of each document of the union, under each model
+    union = [c.doc_id for c in comparison.changes]
+    for ws in spaces:
+        positions = [ws.position(d) for d in union]
+        with MODEL_LOCK:
+            q = ws.index.encode_queries(query.strip(), components=ws.index.stored)
+        per_model.append(ws.index.score_documents(q, positions))
+    short = ["A", "B"]
+    rows = []
+    for r, c in enumerate(comparison.changes):
+        doc = current.index.documents[current.position(c.doc_id)]
+        row = {"id": c.doc_id, "lang": doc.language or "", "rank A": c.rank_a, "rank B": c.rank_b,
+               "change": ("new in B" if c.rank_a is None else "out of B" if c.rank_b is None else
+                          "=" if c.moved == 0 else f"↑{c.moved}" if c.moved > 0 else f"↓{-c.moved}")}
+        for m, comps in zip(short, per_model):
+            parts = [float(comps[f][r]) for f in ("dense", "sparse", "colbert")]
+            row[f"score {m}"] = _fmt(float(np.dot(weights, parts)) if mode == "hybrid" else parts[
+                ("dense", "sparse", "multi-vector").index(mode)])
+        for f in ("dense", "sparse", "colbert"):
+            for m, comps in zip(short, per_model):
+                row[f"{f} {m}"] = _fmt(float(comps[f][r]))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    rho = comparison.rank_correlation
+    moved = sum(1 for c in comparison.changes if c.moved)
+    message = (f"**{md_text(query.strip())}** in **{mode}** mode on {md_text(current.corpus.name)}: A = "
+               f"{md_code(names[0])}, B = {md_code(names[1])}. The top {comparison.k} share "
+               f"{comparison.overlap:.0%}; {moved} shared document(s) changed rank"
+               + (f", Spearman's ρ of the shared ranks {rho:.2f}" if rho is not None else "") + ".")
+    for name, ws in zip(names, spaces):
+        if not ws.model.heads_trained and mode != "dense":
+            message += f" ⚠️ {md_code(name)} has untrained heads: only its dense scores are meaningful."
+    figure = plots.rank_change_chart(comparison.changes, k=comparison.k, name_a=f"A: {names[0]}",
+                                     name_b=f"B: {names[1]}",
+                                     labels={d.id: _label(d) for d in (current.index.documents[current.position(i)]
+                                                                       for i in union)})
+    return ModelsView(message, table, figure, comparison)
 
 
 # ----------------------------------------------------------------------------- Corpus and Model

@@ -384,6 +384,22 @@ class AppState:
         enforce_cache_limit(keep=in_use)
         return key, workspace
 
+    def workspace_for(self, model_name: str, corpus: Corpus, spec: str = "default", *, progress: Progress = None,
+                      cancel: threading.Event | None = None) -> Workspace:
+        """The workspace of ``model_name`` on ``corpus`` (loaded, from the disk cache, or built), kept in the
+        shared cache without moving any session to it: what a comparison of two models reads."""
+        with self.switch_lock:
+            model = self.model(model_name)
+            key = index_key(model_fingerprint(model), corpus.documents,
+                            INDEX_SETTINGS if spec == "default" else {**INDEX_SETTINGS, "spec": spec})
+            with self._lock:
+                if key in self._loaded:
+                    self._loaded.move_to_end(key)
+                    return self._loaded[key]
+            ws = build_workspace(model, model_name, corpus, spec=spec, progress=progress, cancel=cancel,
+                                 show_progress=False)
+            return self.add(ws)[1]
+
     def loaded_keys(self) -> list[str]:
         with self._lock:
             return list(self._loaded)

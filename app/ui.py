@@ -97,7 +97,11 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                 gr.Markdown(cb.SPECIAL_LEGEND + " bge-m3 gives cls/eos/pad/unk no lexical weight, so they seldom "
                             "appear here (a BERT tokenizer's `[SEP]` does).", elem_classes="m3-note",
                             elem_id="sparse-legend")
-                sparse_pick = gr.Dropdown(label="Result (from the last search)", choices=[], elem_id="sparse-pick")
+                with gr.Row(equal_height=True):
+                    sparse_pick = gr.Dropdown(label="Result (from the last search)", choices=[], elem_id="sparse-pick",
+                                              scale=4)
+                    hide_special = gr.Checkbox(value=False, label="Leave special tokens out of the bars",
+                                               elem_id="sparse-hide-special", scale=1)
                 sparse_msg = gr.Markdown(elem_id="sparse-msg")
                 with gr.Row():
                     with gr.Column():
@@ -113,6 +117,10 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                     match_bar = gr.Plot(label="Shared tokens", elem_id="sparse-match-bar", scale=3)
                     match_table = gr.Dataframe(label="Shared tokens and their contributions", interactive=False,
                                                elem_id="sparse-table", scale=2)
+                gr.Markdown("Where this result's three scores lie among every document's, for this query: a "
+                            "function whose scores spread little moves a ranking little, whatever its weight.",
+                            elem_classes="m3-note")
+                distribution = gr.Plot(label="Score distribution over the corpus", elem_id="sparse-distribution")
 
             # ------------------------------------------------------------ MaxSim
             with gr.Tab("MaxSim", id="maxsim", elem_id="tab-maxsim") as maxsim_tab:
@@ -121,8 +129,16 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                 gr.Markdown(cb.SPECIAL_LEGEND + " MaxSim keeps them (only the first token, `<s>` / `[CLS]`, has no "
                             "vector), so a query token can best-match the passage's `</s>`: a match that says nothing "
                             "about its words.", elem_classes="m3-note", elem_id="maxsim-legend")
-                maxsim_pick = gr.Dropdown(label="Result (from the last search)", choices=[], elem_id="maxsim-pick")
+                with gr.Row(equal_height=True):
+                    maxsim_pick = gr.Dropdown(label="Result (from the last search)", choices=[], elem_id="maxsim-pick",
+                                              scale=3)
+                    maxsim_columns = gr.Radio(list(cb.MAXSIM_COLUMNS), value="auto", label="Heatmap columns (auto: "
+                                              f"all up to {cb.MAXSIM_SHORT} passage tokens, else the picked ones ± 1)",
+                                              elem_id="maxsim-columns", scale=3)
                 maxsim_msg = gr.Markdown(elem_id="maxsim-msg")
+                gr.Markdown("**Passage**, each query token's best match highlighted in that token's colour "
+                            "(hover a mark to see which query token picked it, and how similar they are)")
+                maxsim_text = gr.HTML(elem_id="maxsim-text")
                 heatmap = gr.Plot(label="MaxSim", elem_id="maxsim-heatmap")
                 maxsim_table = gr.Dataframe(label="Per query token", interactive=False, elem_id="maxsim-table")
 
@@ -134,6 +150,12 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                     align = gr.Checkbox(value=True, label="Remove each language's mean vector (multilingual "
                                         "corpora): shows whether translations meet", elem_id="align", scale=2)
                     draw_btn = gr.Button("Redraw", scale=1)
+                with gr.Row(equal_height=True):
+                    focus = gr.Dropdown(cb.focus_choices(ws0), value=cb.NO_FOCUS, label="Highlight (one "
+                                        "value of the colouring, or one passage)", elem_id="projection-focus",
+                                        scale=3, filterable=True)
+                    links = gr.Checkbox(value=False, label="Join translations of a passage with lines",
+                                        elem_id="projection-links", scale=2)
                 projection_msg = gr.Markdown(elem_id="projection-msg")
                 projection_plot = gr.Plot(label="Map of the dense vectors", elem_id="projection-plot")
 
@@ -153,6 +175,31 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                     compare_bars = gr.Plot(label="Scores", elem_id="compare-bars", scale=2)
                 compare_lex = gr.Plot(label="Lexical matches", elem_id="compare-lexical")
                 compare_maxsim = gr.Plot(label="MaxSim", elem_id="compare-maxsim")
+
+            # ------------------------------------------------------------ Models
+            with gr.Tab("Models", id="models", elem_id="tab-models"):
+                gr.Markdown("Two models on the same query and this session's corpus: both rankings, how each "
+                            "document moved, and every function's score under each. For example the base "
+                            "`e5-small` (untrained heads) against the trained `default`, or a checkpoint before "
+                            "and after fine-tuning (local directories). A model not loaded yet indexes the corpus "
+                            "first (cached).", elem_classes="m3-note")
+                with gr.Row(equal_height=True):
+                    model_a = gr.Textbox(label="Model A (empty: this session's model)", elem_id="models-a", scale=2)
+                    model_b = gr.Textbox(label="Model B", value="e5-small", elem_id="models-b", scale=2)
+                    models_query = gr.Textbox(label="Query", value=EXAMPLES[0], elem_id="models-query", scale=4)
+                with gr.Row():
+                    models_mode = gr.Radio(list(cb.COMPARE_MODES), value="hybrid", label="Mode", elem_id="models-mode",
+                                           scale=3)
+                    models_k = gr.Slider(1, 30, value=10, step=1, label="Top-k", elem_id="models-k", scale=2)
+                mw_dense, mw_sparse, mw_colbert = _weights("models")
+                with gr.Row(equal_height=True):
+                    models_btn = gr.Button("Compare models", variant="primary", elem_id="models-btn", scale=3)
+                    models_cancel_btn = gr.Button("Cancel indexing", variant="stop", elem_id="models-cancel-btn",
+                                                  scale=1)
+                models_msg = gr.Markdown(elem_id="models-msg")
+                models_chart = gr.Plot(label="Rank changes", elem_id="models-chart")
+                models_table = gr.Dataframe(label="Both rankings: ranks, change, and each function's score under A and B",
+                                            interactive=False, wrap=True, elem_id="models-table")
 
             # ------------------------------------------------------------ Evaluate
             with gr.Tab("Evaluate", id="evaluate", elem_id="tab-evaluate"):
@@ -243,24 +290,25 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
         search_btn.click(on_search, api_name="search", concurrency_limit=2, concurrency_id="search", **search_io)
         query.submit(on_search, api_visibility="private", concurrency_limit=2, concurrency_id="search", **search_io)
 
-        def on_sparse(sess, doc_id, key):
-            v = cb.sparse_view(state.get(key), sess, doc_id)
+        def on_sparse(sess, doc_id, hide, key):
+            v = cb.sparse_view(state.get(key), sess, doc_id, exclude_special=bool(hide))
             return (v.message, plots.weighted_text_html(v.query_spans), plots.weighted_text_html(v.passage_spans),
-                    v.query_figure, v.passage_figure, v.match_figure, v.table)
+                    v.query_figure, v.passage_figure, v.match_figure, v.table, v.distribution_figure)
 
-        def on_result_click(sess, key, evt: gr.SelectData):
+        sparse_outputs = [sparse_msg, q_text, p_text, q_bar, p_bar, match_bar, match_table, distribution]
+
+        def on_result_click(sess, hide, key, evt: gr.SelectData):
             """A click on a result row opens its Sparse explanation (and selects it in MaxSim too)."""
             doc_ids = (sess or {}).get("doc_ids") or []
             row = evt.index[0] if isinstance(evt.index, (list, tuple)) else evt.index
             if not isinstance(row, int) or not 0 <= row < len(doc_ids):
-                return (gr.Tabs(),) + (gr.skip(),) * 9
+                return (gr.Tabs(),) + (gr.skip(),) * (2 + len(sparse_outputs))
             doc_id = doc_ids[row]
             return (gr.Tabs(selected="sparse"), gr.Dropdown(value=doc_id), gr.Dropdown(value=doc_id),
-                    *on_sparse(sess, doc_id, key))
+                    *on_sparse(sess, doc_id, hide, key))
 
-        results.select(on_result_click, inputs=[session, wskey], api_visibility="private",
-                       outputs=[tabs, sparse_pick, maxsim_pick, sparse_msg, q_text, p_text, q_bar, p_bar, match_bar,
-                                match_table])
+        results.select(on_result_click, inputs=[session, hide_special, wskey], api_visibility="private",
+                       outputs=[tabs, sparse_pick, maxsim_pick, *sparse_outputs])
 
         # /explain(query, doc_id): both explanations of one pair, for scripts (hidden inputs, no search needed)
         explain_query = gr.Textbox(visible=False)
@@ -274,29 +322,42 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
         explain_btn.click(on_explain, inputs=[explain_query, explain_doc, wskey],
                           outputs=[sparse_msg, match_table, maxsim_msg, maxsim_table], api_name="explain")
 
-        sparse_io = dict(fn=on_sparse, inputs=[session, sparse_pick, wskey],
-                         outputs=[sparse_msg, q_text, p_text, q_bar, p_bar, match_bar, match_table])
+        sparse_io = dict(fn=on_sparse, inputs=[session, sparse_pick, hide_special, wskey], outputs=sparse_outputs)
         sparse_tab.select(api_visibility="private", **sparse_io)
         sparse_pick.input(api_visibility="private", **sparse_io)
+        hide_special.input(api_visibility="private", **sparse_io)
 
-        def on_maxsim(sess, doc_id, key):
-            v = cb.maxsim_view(state.get(key), sess, doc_id)
-            return v.message, v.figure, v.table
+        def on_maxsim(sess, doc_id, columns, key):
+            v = cb.maxsim_view(state.get(key), sess, doc_id, columns=columns)
+            return v.message, v.text_html, v.figure, v.table
 
-        maxsim_io = dict(fn=on_maxsim, inputs=[session, maxsim_pick, wskey], outputs=[maxsim_msg, heatmap, maxsim_table])
+        maxsim_io = dict(fn=on_maxsim, inputs=[session, maxsim_pick, maxsim_columns, wskey],
+                         outputs=[maxsim_msg, maxsim_text, heatmap, maxsim_table])
         maxsim_tab.select(api_visibility="private", **maxsim_io)
         maxsim_pick.input(api_visibility="private", **maxsim_io)
+        maxsim_columns.input(api_visibility="private", **maxsim_io)
 
-        def on_projection(sess, colour, aligned, key, progress=gr.Progress()):
-            v = cb.projection_view(state.get(key), sess, colour, aligned, progress=progress)
+        def on_projection(sess, colour, aligned, focused, linked, key, progress=gr.Progress()):
+            v = cb.projection_view(state.get(key), sess, colour, aligned, progress=progress, focus=focused,
+                                   link_translations=bool(linked))
             return v.message, v.figure
 
-        projection_io = dict(fn=on_projection, inputs=[session, color_by, align, wskey],
+        projection_io = dict(fn=on_projection, inputs=[session, color_by, align, focus, links, wskey],
                              outputs=[projection_msg, projection_plot])
         projection_tab.select(api_visibility="private", **projection_io)
-        color_by.input(api_visibility="private", **projection_io)
         align.input(api_visibility="private", **projection_io)
+        focus.input(api_visibility="private", **projection_io)
+        links.input(api_visibility="private", **projection_io)
         draw_btn.click(api_name="projection", **projection_io)
+
+        def on_colour(sess, colour, aligned, linked, key, progress=gr.Progress()):
+            """Another colouring: the highlight choices become its values (and nothing is highlighted)."""
+            choices = cb.focus_choices(state.get(key), colour)
+            return (gr.Dropdown(choices=choices, value=cb.NO_FOCUS),
+                    *on_projection(sess, colour, aligned, cb.NO_FOCUS, linked, key, progress))
+
+        color_by.input(on_colour, inputs=[session, color_by, align, links, wskey],
+                       outputs=[focus, projection_msg, projection_plot], api_visibility="private")
 
         def on_compare(text_a, text_b, w_dense, w_sparse, w_colbert, key):
             v = cb.compare(state.get(key), text_a, text_b, w_dense, w_sparse, w_colbert)
@@ -310,11 +371,21 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
             v = cb.evaluate_view(state.get(key), dataset, w_dense, progress=progress)
             return v.message, v.table, v.overlap_figure, v.fusion_figure, v.queries
 
+        def on_models(a, b, q, mode_, wd, ws_, wc, k, key, request: gr.Request, progress=gr.Progress()):
+            v = cb.compare_models(state, a, b, q, mode_, wd, ws_, wc, k, key=key, progress=progress,
+                                  session=_session_id(request))
+            return v.message, v.figure, v.table
+
+        models_btn.click(on_models, inputs=[model_a, model_b, models_query, models_mode, mw_dense, mw_sparse,
+                                            mw_colbert, models_k, wskey],
+                         outputs=[models_msg, models_chart, models_table], api_name="compare_models",
+                         concurrency_id="switch", concurrency_limit=1)
+
         eval_btn.click(on_evaluate, inputs=[eval_choice, eval_w_dense, wskey],
                        outputs=[eval_msg, eval_table, eval_overlap, eval_fusion, eval_queries], api_name="evaluate",
                        concurrency_id="evaluate", concurrency_limit=1)
 
-        switch_outputs = [header, preview, color_by, info, index_table, language, wskey]
+        switch_outputs = [header, preview, color_by, info, index_table, language, focus, wskey]
 
         def _languages(ws):
             return gr.Dropdown(choices=[cb.ALL_LANGUAGES] + ws.languages, value=cb.ALL_LANGUAGES)
@@ -322,7 +393,8 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
         def _after(v: cb.SwitchView):
             ws = state.get(v.key)
             return (v.message, v.header, v.preview, gr.Radio(choices=v.groupings, value="language"),
-                    cb.model_info(ws), cb.index_spec_table(ws), _languages(ws), v.key)
+                    cb.model_info(ws), cb.index_spec_table(ws), _languages(ws),
+                    gr.Dropdown(choices=cb.focus_choices(ws), value=cb.NO_FOCUS), v.key)
 
         # builds report their own progress (tokens encoded, time left) and stop on the session's cancel
         def on_builtin(name, key, request: gr.Request, progress=gr.Progress()):
@@ -356,11 +428,13 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
         # not queued behind the build it cancels (the switch events run one at a time)
         cancel_btn.click(on_cancel, outputs=[cancel_msg], api_name="cancel_indexing", queue=False)
         model_cancel_btn.click(on_cancel, outputs=[model_cancel_msg], api_visibility="private", queue=False)
+        models_cancel_btn.click(on_cancel, outputs=[models_msg], api_visibility="private", queue=False)
 
         def on_load():
             ws = state.workspace  # a new session starts on the starting workspace
             return ws.describe(), cb.corpus_preview(ws), gr.Radio(choices=ws.corpus.groupings, value="language"), \
-                cb.model_info(ws), cb.index_spec_table(ws), _languages(ws), ws.key
+                cb.model_info(ws), cb.index_spec_table(ws), _languages(ws), \
+                gr.Dropdown(choices=cb.focus_choices(ws), value=cb.NO_FOCUS), ws.key
 
         demo.load(on_load, outputs=switch_outputs, api_visibility="private")
     return demo

@@ -666,3 +666,110 @@ def test_a_cancel_stops_only_its_own_session(state, tmp_path):
 
     v = cb.load_uploaded_corpus(state, _upload_file(tmp_path), progress=progress, session="s1")
     assert v.message.startswith("Loaded"), v.message
+
+
+# ----------------------------------------------------------------------------- views for real passages
+
+def test_maxsim_text_view_and_cropped_heatmap_keep_every_number(state):
+    ws = state.workspace
+    s = cb.search(ws, QUERY, "multi-vector", top_k=2)
+    doc_id = s.choices[0][1]
+    full = cb.maxsim_view(ws, s.session, doc_id, columns="all passage tokens")
+    crop = cb.maxsim_view(ws, s.session, doc_id, columns="picked tokens only")
+    a = full.alignment
+    picked = sorted(set(int(j) for j in a.best))
+    heat_full, heat_crop = full.figure.data[0], crop.figure.data[0]
+    assert len(heat_full.x) == len(a.passage_tokens) and len(heat_crop.x) == len(picked)
+    np.testing.assert_allclose(np.asarray(heat_crop.z), a.similarity[:, picked], rtol=1e-6)
+    np.testing.assert_allclose(crop.figure.data[2].x, full.figure.data[2].x)  # contributions unchanged
+    # auto: this passage is longer than MAXSIM_SHORT, so picked +- 1
+    if len(a.passage_tokens) > cb.MAXSIM_SHORT:
+        auto = cb.maxsim_view(ws, s.session, doc_id)
+        assert len(auto.figure.data[0].x) < len(a.passage_tokens)
+    # the text view marks one piece per picked non-special column, titled by the query token that picked it
+    assert full.text_html.count("<mark") >= 1 and "picked by" in full.text_html
+    # without its marks the text view is the passage as encoded (title and text), unescaped
+    import html
+    import re
+
+    doc = ws.index.documents[ws.position(doc_id)]
+    shown = html.unescape(re.sub(r"<[^>]+>", "", full.text_html.split("query tokens:")[0]))
+    assert document_text(doc) in shown
+
+
+def test_sparse_view_draws_the_corpus_score_distribution_and_can_hide_special_tokens(echo_workspace):
+    ws = echo_workspace
+    s = cb.search(ws, QUERY, "hybrid", 1.0, 0.3, 1.0, top_k=3)
+    v = cb.sparse_view(ws, s.session, "same")
+    scores = cb.corpus_scores(ws, QUERY)
+    assert set(scores) == {"dense", "sparse", "colbert"} and all(len(x) == len(ws.index) for x in scores.values())
+    pos = ws.position("same")
+    row = s.table[s.table["id"] == "same"].iloc[0]
+    for k in ("dense", "sparse", "colbert"):  # the marked value is the result's own score in the table
+        assert scores[k][pos] == pytest.approx(row[k], abs=2e-4)
+    hists = [t for t in v.distribution_figure.data if t.type == "histogram"]
+    assert len(hists) == 3 and sorted(len(h.x) for h in hists) == [len(ws.index)] * 3
+    hidden = cb.sparse_view(ws, s.session, "same", exclude_special=True)
+    labels = list(hidden.match_figure.data[0].y)
+    assert "[SEP] (special)" not in labels and "special" in hidden.match_figure.layout.title.text
+    assert "[SEP] (special)" in list(v.match_figure.data[0].y)
+    assert hidden.match.total == v.match.total  # the numbers are the pair's, whatever is drawn
+
+
+def test_projection_focus_and_translation_links(state, monkeypatch):
+    monkeypatch.setattr("m3lab.viz.projection.MIN_UMAP_POINTS", 10_000)
+    ws = build_workspace(state.workspace.model, state.workspace.model_name, state.workspace.corpus, show_progress=False)
+    groups = cb.translation_groups(ws)
+    assert len(groups) == len(ws.index) // 2 and all(len(g) == 2 for g in groups)  # en + de of every topic
+    for g in groups:
+        assert len({ws.corpus.labels["topic"][i] for i in g}) == 1
+    choices = cb.focus_choices(ws, "topic")
+    assert choices[0] == cb.NO_FOCUS and "science-photosynthesis" in choices
+    assert cb.PASSAGE_FOCUS + "science-photosynthesis/de" in choices
+    v = cb.projection_view(ws, None, "topic", focus="science-photosynthesis", link_translations=True)
+    assert "highlighted: topic science-photosynthesis (2 documents)" in v.message
+    lines = [t for t in v.figure.data if t.mode == "lines"]
+    assert len(lines) == 1 and sum(x is None for x in lines[0].x) >= 1
+    v = cb.projection_view(ws, None, "language", focus=cb.PASSAGE_FOCUS + "science-photosynthesis/en")
+    assert "and its 1 translation(s)" in v.message
+    v = cb.projection_view(ws, None, "language", link_translations=True)
+    assert f"lines join the {len(groups)} passage(s)" in v.message
+
+
+# ----------------------------------------------------------------------------- model vs model
+
+def test_compare_models_ranks_with_each_model_and_scores_both(state, tiny_xlmr_dir):
+    ws = state.workspace
+    v = cb.compare_models(state, "", str(tiny_xlmr_dir), QUERY, "hybrid", 1.0, 0.3, 1.0, top_k=6, session="s1")
+    assert "⚠️ Could not" not in v.message, v.message
+    other = state.workspace_for(str(tiny_xlmr_dir), ws.corpus)
+    assert state.get(None) is ws  # nobody moved to B's workspace
+    ids_a = list(cb.search(ws, QUERY, "hybrid", top_k=6).table["id"])
+    ids_b = list(cb.search(other, QUERY, "hybrid", top_k=6).table["id"])
+    t = v.table
+    assert [i for i, r in zip(t["id"], t["rank B"]) if r is not None and r == r] == ids_b
+    assert sorted(int(r) for r in t["rank A"].dropna()) == list(range(1, 7))
+    assert set(t["id"]) == set(ids_a) | set(ids_b)
+    assert f"{len(set(ids_a) & set(ids_b)) / 6:.0%}" in v.message
+    # each model's scores of every listed document are its own M3Model.score
+    docs = [ws.index.documents[ws.position(i)] for i in t["id"]]
+    for model, col in ((ws.model, "A"), (other.model, "B")):
+        ref = model.score([QUERY], [document_text(d) for d in docs], weights=(1.0, 0.3, 1.0))
+        np.testing.assert_allclose(t[f"dense {col}"], ref.dense[0], atol=2e-4)
+        np.testing.assert_allclose(t[f"colbert {col}"], ref.colbert[0], atol=2e-4)
+        np.testing.assert_allclose(t[f"score {col}"], ref.dense[0] + 0.3 * ref.sparse[0] + ref.colbert[0], atol=5e-4)
+    moves = dict(zip(t["id"], t["change"]))
+    for d in ids_b:
+        if d in ids_a:
+            delta = ids_a.index(d) - ids_b.index(d)
+            assert moves[d] == ("=" if delta == 0 else f"↑{delta}" if delta > 0 else f"↓{-delta}")
+        else:
+            assert moves[d] == "new in B"
+    assert len(v.figure.data) == len(t)  # one line per document
+
+
+def test_compare_models_reports_bad_input(state, tmp_path):
+    assert "Enter model B" in cb.compare_models(state, "", " ", QUERY).message
+    assert "BM25 is the same" in cb.compare_models(state, "", "x", QUERY, mode="BM25").message
+    msg = cb.compare_models(state, "", str(tmp_path / "missing" / "model"), QUERY).message
+    assert "no such local directory" in msg

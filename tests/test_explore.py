@@ -75,3 +75,18 @@ def test_bad_requests_are_refused(index, dataset):
         explore_retrieval(index, dataset, ["bm42"])
     with pytest.raises(ValueError, match="another corpus"):
         explore_retrieval(index, load_mini(languages=["en"]))
+
+
+def test_compare_rankings_lists_both_top_k_and_their_agreement():
+    from m3lab.evaluation.explore import compare_rankings
+
+    c = compare_rankings(["a", "b", "c", "d"], ["c", "a", "e", "b"])
+    assert [(x.doc_id, x.rank_a, x.rank_b, x.moved) for x in c.changes] == [
+        ("c", 3, 1, 2), ("a", 1, 2, -1), ("e", None, 3, None), ("b", 2, 4, -2), ("d", 4, None, None)]
+    assert c.overlap == 0.75
+    from scipy.stats import spearmanr
+
+    assert c.rank_correlation == pytest.approx(spearmanr([3, 1, 2], [1, 2, 4]).statistic)
+    assert compare_rankings(["a"], ["a"]).rank_correlation is None
+    with pytest.raises(ValueError, match="twice"):
+        compare_rankings(["a", "a"], ["b"])

@@ -161,3 +161,57 @@ def fusion_sweep(index: CorpusIndex, dataset: RetrievalDataset, *, w_dense: floa
             run = _run([q.id for q in queries], index.doc_ids, r.indices, r.scores)
             grid[i, j] = retrieval_metrics(qrels, run)["ndcg@10"]
     return FusionSweep(float(w_dense), [float(x) for x in w_sparse], [float(x) for x in w_colbert], grid)
+
+
+# ----------------------------------------------------------------------------- two models, one query
+
+@dataclass
+class RankChange:
+    """One document of two rankings of the same query (e.g. by two models): its 1-based rank in each
+    (``None``: not in that top k) and ``moved`` = rank_a - rank_b (positive: ranked higher by B)."""
+
+    doc_id: str
+    rank_a: int | None
+    rank_b: int | None
+
+    @property
+    def moved(self) -> int | None:
+        return None if self.rank_a is None or self.rank_b is None else self.rank_a - self.rank_b
+
+
+@dataclass
+class RankingComparison:
+    """:func:`compare_rankings`' result: every document of either top k, B's order first, then those only A
+    ranked, and how much the two agree."""
+
+    changes: list[RankChange]
+    k: int
+
+    @property
+    def overlap(self) -> float:
+        """The share of the top k that both rankings hold."""
+        both = sum(c.rank_a is not None and c.rank_b is not None for c in self.changes)
+        return both / self.k if self.k else 0.0
+
+    @property
+    def rank_correlation(self) -> float | None:
+        """Spearman's rho of the ranks of the documents both hold (``None`` below three)."""
+        shared = [(c.rank_a, c.rank_b) for c in self.changes if c.moved is not None]
+        if len(shared) < 3:
+            return None
+        from scipy.stats import spearmanr
+
+        return float(spearmanr(*zip(*shared)).statistic)
+
+
+def compare_rankings(ranking_a: Sequence[str], ranking_b: Sequence[str], k: int | None = None) -> RankingComparison:
+    """Two rankings of document ids (best first), cut at ``k`` (default: the longer's length), side by side."""
+    k = max(len(ranking_a), len(ranking_b)) if k is None else int(k)
+    a, b = list(ranking_a)[:k], list(ranking_b)[:k]
+    if len(set(a)) != len(a) or len(set(b)) != len(b):
+        raise ValueError("a ranking lists a document twice")
+    rank_a = {d: r + 1 for r, d in enumerate(a)}
+    rank_b = {d: r + 1 for r, d in enumerate(b)}
+    changes = [RankChange(d, rank_a.get(d), rank_b[d]) for d in b]
+    changes += [RankChange(d, rank_a[d], None) for d in a if d not in rank_b]
+    return RankingComparison(changes, k)

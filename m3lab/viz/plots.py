@@ -605,3 +605,32 @@ def fusion_heatmap(w_sparse: Sequence[float], w_colbert: Sequence[float], ndcg: 
     fig.update_xaxes(title="w₃ multi-vector")
     fig.update_yaxes(title="w₂ sparse")
     return _layout(fig, title or f"Hybrid nDCG@10 at w₁ dense = {w_dense:g}", height=380)
+
+
+def rank_change_chart(changes: Sequence[Any], *, k: int, name_a: str = "A", name_b: str = "B",
+                      labels: Mapping[str, str] | None = None, title: str | None = None) -> go.Figure:
+    """Two rankings of one query side by side (a slope chart): one line per document from its rank under
+    A to its rank under B, green when B ranks it higher, red when lower, grey when equal; a document in
+    only one top k ends at "out" (rank k + 1). ``changes``: :class:`m3lab.evaluation.explore.RankChange`
+    records; ``labels`` the hover text per document id."""
+    fig = go.Figure()
+    out = k + 1
+    colour = {"up": "#2E9E4F", "down": "#D62728", "same": "#9E9E9E", "new": "#4C78A8", "gone": "#BAB0AC"}
+    for c in changes:
+        ra, rb = c.rank_a or out, c.rank_b or out
+        kind = ("new" if c.rank_a is None else "gone" if c.rank_b is None else
+                "up" if rb < ra else "down" if rb > ra else "same")
+        text = html.escape(labels.get(c.doc_id, c.doc_id) if labels else c.doc_id)
+        how = {"new": f"new in {name_b}'s top {k}", "gone": f"out of {name_b}'s top {k}", "same": "same rank",
+               "up": f"up {ra - rb}", "down": f"down {rb - ra}"}[kind]
+        fig.add_trace(go.Scatter(
+            x=[html.escape(name_a), html.escape(name_b)], y=[ra, rb], mode="lines+markers+text",
+            line=dict(color=colour[kind], width=3 if kind in ("up", "down") else 2),
+            marker=dict(size=9), text=[html.escape(c.doc_id) if c.rank_a else "", html.escape(c.doc_id) if c.rank_b
+                                       else ""], textposition=["middle left", "middle right"], textfont=dict(size=10),
+            hovertemplate=f"{text}<br>{how}<br>%{{x}}: rank %{{y}}<extra></extra>", showlegend=False))
+    fig.update_yaxes(autorange="reversed", tickmode="array", tickvals=list(range(1, out + 1)),
+                     ticktext=[str(r) for r in range(1, out)] + ["out"], title="rank")
+    fig.update_xaxes(range=[-0.6, 1.6])
+    return _layout(fig, title or f"Rank changes from {html.escape(name_a)} to {html.escape(name_b)} (top {k})",
+                   height=max(360, 28 * out + 120))
