@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
                                         ws.model_name, ws.corpus.name, len(ws.index), ws.spec, args.host, args.port)
     demo.queue(default_concurrency_limit=2, max_size=64)
     demo.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False, show_error=False,
-                theme=THEME, css=CSS, footer_links=["api"], max_file_size=MAX_UPLOAD_BYTES, ssr_mode=False)
+                theme=THEME, css=CSS, footer_links=["api"], max_file_size=MAX_UPLOAD_BYTES, ssr_mode=False,
+                run_history=False)  # no copy of every result in the browser's storage (and it rewrites it per click)
     return 0
 
 

@@ -5,6 +5,10 @@
 Starts the app in this process on a free 127.0.0.1 port (default model, full mini corpus, the
 usual index cache), drives it with Playwright in headless Chromium, runs a query, opens each view
 and saves a full-page PNG. Needs ``pip install playwright`` and Debian's ``chromium`` package.
+
+Chinese text needs a CJK font, or Chromium draws it as boxes: without one (``fc-list :lang=zh``
+finds nothing) this prints ``apt-get install -y fonts-noto-cjk`` and, when run as root, runs it
+(``--no-font-install`` only prints it).
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ import argparse
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +27,40 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 QUERY = "How do plants turn sunlight into energy?"
 WAIT = 300_000
+
+
+CJK_FONT_PACKAGE = "fonts-noto-cjk"
+CJK_INSTALL = f"apt-get install -y {CJK_FONT_PACKAGE}"
+
+
+def has_cjk_font() -> bool | None:
+    """Whether fontconfig knows a font for Chinese (``fc-list :lang=zh``); ``None`` without fc-list."""
+    if shutil.which("fc-list") is None:
+        return None
+    out = subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True, check=False).stdout
+    return bool(out.strip())
+
+
+def ensure_cjk_font(install: bool = True) -> bool:
+    """Make sure Chromium can draw Chinese: if no CJK font is installed, say how to install one and, as
+    root with apt-get, install it (``apt-get update`` first if the package is not known yet)."""
+    if has_cjk_font():
+        return True
+    print(f"no CJK font found (fc-list :lang=zh): Chinese text will render as boxes. Install one with:\n"
+          f"    sudo {CJK_INSTALL}", file=sys.stderr)
+    root = hasattr(os, "geteuid") and os.geteuid() == 0
+    if not (install and root and shutil.which("apt-get")):
+        return False
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    print(f"running: {CJK_INSTALL}", file=sys.stderr)
+    cmd = ["apt-get", "install", "-y", "-qq", CJK_FONT_PACKAGE]
+    if subprocess.run(cmd, env=env, check=False).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, check=False)
+        subprocess.run(cmd, env=env, check=False)
+    ok = bool(has_cjk_font())
+    print("CJK font installed" if ok else f"could not install {CJK_FONT_PACKAGE}; continuing without it",
+          file=sys.stderr)
+    return ok
 
 
 def wait_text(page, selector: str, text: str) -> None:
@@ -49,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--languages", default="en,de,es,zh,ar,ru")
     p.add_argument("--model", default="default")
     p.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    p.add_argument("--no-font-install", action="store_true",
+                   help=f"without a CJK font, only print the install command ({CJK_INSTALL}), even as root")
     args = p.parse_args(argv)
+    ensure_cjk_font(install=not args.no_font_install)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     sys.path.insert(0, str(ROOT))
     from playwright.sync_api import sync_playwright
@@ -57,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.main import create_app
     from app.ui import CSS, THEME
 
-    state, demo = create_app(args.model, languages=args.languages.split(","))
+    _state, demo = create_app(args.model, languages=args.languages.split(","))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

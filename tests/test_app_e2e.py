@@ -133,6 +133,15 @@ def test_sparse_view(page):
     for plot in ("#sparse-query-bar", "#sparse-passage-bar"):
         assert plot_ready(page, plot, "g.point path") >= 3
     assert "s_lex (sum)" in page.inner_text("#sparse-table")
+    # where this result's scores lie in the corpus: one histogram per function, with its rank marked
+    plot_ready(page, "#sparse-distribution", "g.barlayer g.point path", 3)
+    assert "rank 1 of 63" in page.inner_text("#sparse-distribution")
+    # special tokens out of the bars: the titles say how many were left out
+    before = page.inner_text("#sparse-passage-bar")
+    page.locator("#sparse-hide-special input").check()
+    page.wait_for_function("b => document.querySelector('#sparse-passage-bar').innerText !== b", arg=before,
+                           timeout=WAIT)
+    page.locator("#sparse-hide-special input").uncheck()
 
 
 def test_maxsim_view(page):
@@ -144,6 +153,15 @@ def test_maxsim_view(page):
     n_tokens = plot_ready(page, "#maxsim-heatmap", "g.scatterlayer path.point", 5)
     assert n_tokens == plot_ready(page, "#maxsim-heatmap", "g.barlayer g.point path")  # one contribution per token
     assert "s_mul (sum)" in page.inner_text("#maxsim-table")
+    # the passage with each query token's best match marked, titled by who picked it
+    page.wait_for_selector("#maxsim-text mark[title^='picked by']", timeout=WAIT)
+    assert "Photosynthesis" in page.inner_text("#maxsim-text")
+    # a long passage: auto crops to the picked tokens (± 1); "all" draws every passage token
+    cropped = page.evaluate("() => document.querySelectorAll('#maxsim-heatmap g.xtick').length")
+    page.locator("#maxsim-columns label", has_text="all passage tokens").click()
+    page.wait_for_function("n => document.querySelectorAll('#maxsim-heatmap g.xtick').length > n", arg=cropped,
+                           timeout=WAIT)
+    page.locator("#maxsim-columns label", has_text="auto").click()
 
 
 def test_projection_view(page):
@@ -156,6 +174,17 @@ def test_projection_view(page):
     page.locator("#color-by label", has_text="category").click()
     wait_text(page, "#projection-msg", "coloured by category")
     assert "science" in page.inner_text("#projection-plot")
+    # one category highlighted: the rest go grey and the legend lists only it
+    page.locator("#projection-focus input").fill("science")
+    page.get_by_role("option", name="science", exact=True).click()
+    wait_text(page, "#projection-msg", "highlighted: category science")
+    legend = page.text_content("#projection-plot g.legend")
+    assert "science" in legend and "culture" not in legend
+    # hovering the query star shows the query
+    star = page.locator("#projection-plot g.scatterlayer g.trace").last.locator("path.point").first
+    star.hover(force=True)
+    page.wait_for_selector("#projection-plot g.hovertext", timeout=WAIT)
+    assert "chemical energy" in page.text_content("#projection-plot g.hovertext")
 
 
 def test_compare_view(page):
@@ -173,6 +202,22 @@ def test_compare_view(page):
     page.fill("#text-b textarea", "")
     page.click("#compare-btn")
     wait_text(page, "#compare-msg", "Enter both texts")
+
+
+def test_models_view_puts_two_models_side_by_side(page):
+    """The trained default against its untrained base on one query: both rankings, the rank changes
+    drawn, and each model's scores."""
+    open_tab(page, "Models")
+    page.fill("#models-query textarea", QUERY)
+    page.click("#models-btn")
+    msg = wait_text(page, "#models-msg", "share")
+    assert "A = default, B = e5-small" in msg and "untrained heads" in msg
+    table = page.inner_text("#models-table")
+    for column in ("rank A", "rank B", "change", "dense A", "dense B", "colbert B"):
+        assert column in table
+    assert "science-photosynthesis/en" in table
+    assert plot_ready(page, "#models-chart", "g.scatterlayer g.trace", 10) >= 10  # a line per document
+    assert "mini corpus (en)" in page.inner_text("#status")  # the session's own workspace did not change
 
 
 def test_model_view_rejects_an_unknown_model(page):
@@ -231,9 +276,10 @@ def test_corpus_view_bad_and_good_uploads(page, tmp_path, app):
     huge.write_bytes(b"lorem ipsum dolor sit amet\n" * 230_000)  # 6.2 MB
     page.locator("#upload button[aria-label=Clear]").click()
     page.set_input_files("#upload input[type=file]", str(huge))
-    toast = page.get_by_text("exceed the maximum allowed size of 5.0 Mb")
+    toast = page.locator(".toast-body", has_text="exceed the maximum allowed size of 5.0 Mb")
     toast.wait_for(timeout=30_000)
     assert "huge.txt" in toast.inner_text()
+    toast.locator("button").first.click()  # dismissed: the last test checks that no error toast is left
     page.click("#upload-btn")
     wait_text(page, "#corpus-msg", "Choose a file to upload first")
     good = tmp_path / "mine.jsonl"
@@ -274,9 +320,50 @@ def test_markdown_and_html_in_user_text_are_shown_as_text_and_fetch_nothing(page
         page.wait_for_function("s => document.querySelector(s).innerText.length > 0", arg=selector, timeout=WAIT)
     open_tab(page, "Sparse")
     assert "203.0.113.5" in page.inner_text("#sparse-query-text")  # the query as text, token by token
+    open_tab(page, "MaxSim")
+    page.wait_for_function("() => document.querySelector('#maxsim-text').innerText.includes('203.0.113.5')",
+                           timeout=WAIT)  # the hostile passage, as text, in the highlight view
+    open_tab(page, "Projection")
+    wait_text(page, "#projection-msg", "pixel.png")
+    open_tab(page, "Compare")
+    page.fill("#text-a textarea", HOSTILE)
+    page.fill("#text-b textarea", HOSTILE)
+    page.click("#compare-btn")
+    wait_text(page, "#compare-msg", "Text A is scored as the query")
+    open_tab(page, "Models")
+    page.fill("#models-query textarea", HOSTILE)
+    page.click("#models-btn")
+    assert "![x](http://203.0.113.5/pixel.png)" in wait_text(page, "#models-msg", "pixel.png")
+    assert '<img src="http://203.0.113.5/img.png">' not in page.inner_html("#models-msg")
+    open_tab(page, "Search")
     page.wait_for_timeout(1000)  # give any image a chance to load
     assert page.locator("img[src*='203.0.113.5']").count() == 0
     assert page.outside_requests == []
+
+
+def test_results_stay_readable_at_420_px(page, app):
+    """A phone-sized window: the results keep rank, id, lang, text and score, the text column takes
+    the room the others leave, and the page does not scroll sideways."""
+    context = page.context.browser.new_context(viewport={"width": 420, "height": 900})
+    narrow = context.new_page()
+    narrow.goto(app.url, wait_until="load")
+    narrow.wait_for_selector("#query textarea", timeout=WAIT)
+    narrow.fill("#query textarea", QUERY)
+    narrow.click("#search-btn")
+    wait_text(narrow, "#search-msg", "results for")
+    narrow.wait_for_selector("#results [role=row][aria-rowindex='2']", timeout=WAIT)
+    widths = narrow.evaluate("""() => [...document.querySelectorAll(
+        "#results [role=row][aria-rowindex='2'] [role=gridcell]")].map(c => c.getBoundingClientRect().width)""")
+    header = narrow.evaluate("""() => [...document.querySelectorAll("#results table th")]
+        .map(c => c.getBoundingClientRect().width)""")
+    table_width = narrow.evaluate("() => document.querySelector('#results [role=row]').getBoundingClientRect().width")
+    scroll = narrow.evaluate("() => document.documentElement.scrollWidth")
+    context.close()
+    shown = [i for i, w in enumerate(widths) if w > 0]
+    assert shown == [0, 1, 2, 4, 5], widths  # rank, id, lang, text, score; title and components give way
+    assert widths[4] >= 0.35 * table_width, widths
+    assert [round(w) for w in header if w > 0] == [round(widths[i]) for i in shown]  # headers over their columns
+    assert scroll <= 420
 
 
 def test_a_second_session_keeps_its_own_corpus(page, app):
