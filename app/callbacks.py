@@ -40,7 +40,7 @@ from m3lab.viz.inspect import (LexicalMatch, MaxSimAlignment, TokenWeight, Unkno
 from m3lab.modeling import EncodeOutput, resolve_model_path, score_encoded
 
 from .corpora import (MAX_UPLOAD_BYTES, MAX_UPLOAD_DOCUMENTS, Corpus, UploadError, load_builtin,
-                      load_evaluation_dataset, upload_corpus)
+                      load_evaluation_dataset, upload_corpus, upload_evaluation)
 from m3lab.evaluation.explore import RankingComparison, compare_rankings, explore_retrieval, fusion_sweep
 from m3lab.retrieval.spec import describe_spec
 
@@ -859,14 +859,24 @@ class EvaluateView:
 
 
 def evaluate_view(ws: Workspace, choice: str, w_dense: float = 1.0, progress: Progress = None,
-                  max_query_rows: int = 500) -> EvaluateView:
+                  max_query_rows: int = 500, files: Sequence[str] | None = None,
+                  names: Sequence[str] | None = None) -> EvaluateView:
     """Score a data set with questions (its own index, built with the session's model and cached) in
     every mode, per language and per query, and sweep the hybrid weights
-    (:mod:`m3lab.evaluation.explore`; this only lays the results out)."""
+    (:mod:`m3lab.evaluation.explore`; this only lays the results out).
+
+    ``files`` (uploaded; ``names`` as the user knows them) replace ``choice``: a BEIR folder as .zip, or
+    queries, qrels and optionally a corpus (:func:`app.corpora.upload_evaluation`; without a corpus
+    the session's is judged)."""
     try:
-        dataset = load_evaluation_dataset(choice)
+        if files:
+            dataset = upload_evaluation(files, corpus=ws.documents, names=names)
+            choice = dataset.name
+        else:
+            dataset = load_evaluation_dataset(choice)
     except (DataError, OSError, ValueError) as err:
-        return EvaluateView(_error(f"Could not load {md_text(choice)}: {md_text(err)}."))
+        what = ", ".join(names or []) if files else choice
+        return EvaluateView(_error(f"Could not load {md_text(what)}: {md_text(err)}."))
     w_dense = float(w_dense if w_dense is not None else 1.0)
     if progress is not None:
         progress(0.05, desc=f"indexing {len(dataset.corpus)} documents")

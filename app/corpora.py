@@ -6,6 +6,7 @@ this module only names the choices and checks uploads against the app's limits.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +153,102 @@ def evaluation_choices(mini_languages: Sequence[str] = MINI_LANGUAGES) -> list[s
     if list(mini_languages) != list(MINI_LANGUAGES):
         choices.append("mini corpus: all languages")
     return choices + [f"XQuAD: {lang}" for lang in PARALLEL_LANGUAGES]
+
+
+#: what an evaluation upload may hold: a BEIR folder as a .zip, or its files
+EVAL_UPLOAD_SUFFIXES = (".zip", ".jsonl", ".tsv")
+MAX_UNZIPPED_BYTES = 4 * MAX_UPLOAD_BYTES
+
+
+def upload_evaluation(files: Sequence[str | Path], *, corpus: Sequence[Document] | None = None,
+                      names: Sequence[str] | None = None, max_bytes: int = MAX_UPLOAD_BYTES,
+                      max_documents: int = MAX_UPLOAD_DOCUMENTS):
+    """A :class:`m3lab.data.RetrievalDataset` from uploaded files, read by :func:`m3lab.data.load_beir`:
+    a BEIR folder as one ``.zip`` (``corpus.jsonl``, ``queries.jsonl``, ``qrels/test.tsv``), or the files
+    themselves: ``queries*.jsonl``, a qrels ``.tsv`` and, optionally, ``corpus*.jsonl``. Without a
+    corpus the questions are judged against ``corpus`` (the session's documents), so a qrels file
+    alone evaluates the corpus one is looking at. Errors name the user's file (``names``), line and field.
+    """
+    import shutil
+    import tempfile
+    import zipfile
+
+    from m3lab.data import load_beir
+
+    paths = [Path(f) for f in files]
+    names = list(names) if names is not None else [p.name for p in paths]
+    if not paths:
+        raise UploadError("upload a BEIR folder as .zip, or queries.jsonl and a qrels .tsv")
+    total = 0
+    for path, name in zip(paths, names):
+        if path.suffix.lower() not in EVAL_UPLOAD_SUFFIXES:
+            raise UploadError(f"{name}: unsupported file type {path.suffix or '(none)'!r}; upload one of "
+                              f"{', '.join(EVAL_UPLOAD_SUFFIXES)}")
+        total += path.stat().st_size
+    if total > max_bytes:
+        raise UploadError(f"{', '.join(names)}: {total / 2**20:.1f} MB is over the {max_bytes / 2**20:.0f} MB "
+                          "upload limit")
+    folder = Path(tempfile.mkdtemp(prefix="m3lab-eval-"))
+    shown: dict[Path, str] = {}  # a file in the temporary folder -> how the user knows it
+    on_session_corpus = False
+    try:
+        if len(paths) == 1 and paths[0].suffix.lower() == ".zip":
+            with zipfile.ZipFile(paths[0]) as z:
+                members = [m for m in z.infolist() if not m.is_dir()]
+                if sum(m.file_size for m in members) > MAX_UNZIPPED_BYTES:
+                    raise UploadError(f"{names[0]}: over {MAX_UNZIPPED_BYTES / 2**20:.0f} MB unpacked")
+                for m in members:
+                    parts = Path(m.filename).parts
+                    if m.filename.startswith("/") or ".." in parts:
+                        raise UploadError(f"{names[0]}: unsafe path {m.filename!r} in the archive")
+                z.extractall(folder)
+            found = sorted(folder.rglob("queries.jsonl"))
+            if not found:
+                raise UploadError(f"{names[0]}: no queries.jsonl in the archive (a BEIR folder has corpus.jsonl, "
+                                  "queries.jsonl and qrels/test.tsv)")
+            root = found[0].parent
+            shown = {p: f"{names[0]}/{p.relative_to(folder)}" for p in folder.rglob("*") if p.is_file()}
+        else:
+            root = folder
+            (root / "qrels").mkdir()
+            roles = {"corpus": None, "queries": None, "qrels": None}
+            for path, name in zip(paths, names):
+                role = "qrels" if path.suffix.lower() == ".tsv" else "corpus" if name.lower().startswith("corpus") \
+                    else "queries" if name.lower().startswith("queries") else None
+                if role is None:
+                    raise UploadError(f"{name}: name the files corpus*.jsonl, queries*.jsonl and *.tsv (the qrels)")
+                if roles[role] is not None:
+                    raise UploadError(f"{name}: a second {role} file ({roles[role]} is the first)")
+                roles[role] = name
+                target = root / ("qrels/test.tsv" if role == "qrels" else f"{role}.jsonl")
+                shutil.copyfile(path, target)
+                shown[target] = name
+            missing = [r for r in ("queries", "qrels") if roles[r] is None]
+            if missing:
+                raise UploadError(f"no {' and no '.join(missing)} file: upload queries*.jsonl and a qrels .tsv "
+                                  "(and corpus*.jsonl, or the session's corpus is used)")
+            if roles["corpus"] is None:
+                if not corpus:
+                    raise UploadError("no corpus*.jsonl and no session corpus to judge the questions against")
+                with open(root / "corpus.jsonl", "w", encoding="utf-8") as f:
+                    for d in corpus:
+                        f.write(json.dumps({"_id": d.id, "text": d.text, "title": d.title or ""},
+                                           ensure_ascii=False) + "\n")
+                shown[root / "corpus.jsonl"] = "this session's corpus"
+                on_session_corpus = True
+        try:
+            dataset = load_beir(root)
+        except DataError as err:
+            where = shown.get(Path(err.path), err.path) if err.path is not None else None
+            raise UploadError(str(DataError(err.message, path=where, line=err.line, field=err.field))) from None
+        if len(dataset.corpus) > max_documents:
+            raise UploadError(f"{len(dataset.corpus)} documents is over the limit of {max_documents}")
+        dataset.name = f"upload {', '.join(names)}" + (" on this session's corpus" if on_session_corpus else "")
+        return dataset
+    except zipfile.BadZipFile:
+        raise UploadError(f"{names[0]}: not a valid .zip archive") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def load_evaluation_dataset(choice: str):

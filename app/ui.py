@@ -215,6 +215,11 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                     eval_w_dense = gr.Slider(0, 2, value=1.0, step=0.05, label="w₁ dense for the sweep",
                                              elem_id="eval-w-dense", scale=2)
                     eval_btn = gr.Button("Evaluate", variant="primary", elem_id="eval-btn", scale=1)
+                eval_files = gr.File(label="…or your own questions: a BEIR folder as .zip (corpus.jsonl, "
+                                     "queries.jsonl, qrels/test.tsv), or queries*.jsonl and a qrels .tsv (query-id, "
+                                     "corpus-id, score) with corpus*.jsonl, or without it to judge this session's "
+                                     f"corpus. At most {MAX_UPLOAD_BYTES // 2**20} MB.", file_count="multiple",
+                                     file_types=[".zip", ".jsonl", ".tsv"], elem_id="eval-files")
                 eval_msg = gr.Markdown(elem_id="eval-msg")
                 eval_table = gr.Dataframe(label="Language × mode (× 100)", interactive=False, elem_id="eval-table")
                 with gr.Row():
@@ -367,8 +372,11 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                           outputs=[compare_msg, compare_table, compare_bars, compare_lex, compare_maxsim],
                           api_name="compare")
 
-        def on_evaluate(dataset, w_dense, key, progress=gr.Progress(track_tqdm=True)):
-            v = cb.evaluate_view(state.get(key), dataset, w_dense, progress=progress)
+        def on_evaluate(dataset, w_dense, files, key, progress=gr.Progress()):
+            paths = [str(f) for f in files or []]
+            names = [getattr(f, "orig_name", None) or os.path.basename(str(f)) for f in files or []]
+            v = cb.evaluate_view(state.get(key), dataset, w_dense, progress=progress, files=paths or None,
+                                 names=names or None)
             return v.message, v.table, v.overlap_figure, v.fusion_figure, v.queries
 
         def on_models(a, b, q, mode_, wd, ws_, wc, k, key, request: gr.Request, progress=gr.Progress()):
@@ -381,7 +389,7 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                          outputs=[models_msg, models_chart, models_table], api_name="compare_models",
                          concurrency_id="switch", concurrency_limit=1)
 
-        eval_btn.click(on_evaluate, inputs=[eval_choice, eval_w_dense, wskey],
+        eval_btn.click(on_evaluate, inputs=[eval_choice, eval_w_dense, eval_files, wskey],
                        outputs=[eval_msg, eval_table, eval_overlap, eval_fusion, eval_queries], api_name="evaluate",
                        concurrency_id="evaluate", concurrency_limit=1)
 

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo.queue().launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                        theme=THEME, css=CSS, footer_links=["api"], ssr_mode=False)
+                        theme=THEME, css=CSS, footer_links=["api"], ssr_mode=False, run_history=False)
     url = f"http://127.0.0.1:{port}"
     OUT.mkdir(parents=True, exist_ok=True)
     try:
@@ -120,13 +120,24 @@ def main(argv: list[str] | None = None) -> int:
             shoot(page, "search")
             for tab, selector, text, figures in (
                     ("Sparse", "#sparse-msg", "s_lex",
-                     ("#sparse-query-bar", "#sparse-passage-bar", "#sparse-match-bar")),
-                    ("MaxSim", "#maxsim-msg", "s_mul", ("#maxsim-heatmap",)),
-                    ("Projection", "#projection-msg", "map of", ("#projection-plot",))):
+                     ("#sparse-query-bar", "#sparse-passage-bar", "#sparse-match-bar", "#sparse-distribution")),
+                    ("MaxSim", "#maxsim-msg", "s_mul", ("#maxsim-heatmap",))):
                 page.get_by_role("tab", name=tab, exact=True).click()
                 wait_text(page, selector, text)
-                settle(page, *figures, seconds=3 if tab == "Projection" else 1.5)
+                settle(page, *figures)
                 shoot(page, tab.lower())
+            # the map: one topic highlighted, its translations joined
+            page.get_by_role("tab", name="Projection", exact=True).click()
+            wait_text(page, "#projection-msg", "map of")
+            page.locator("#color-by label", has_text="topic").click()
+            wait_text(page, "#projection-msg", "coloured by topic")
+            page.locator("#projection-links input").check()
+            wait_text(page, "#projection-msg", "lines join")
+            page.locator("#projection-focus input").fill("science-photosynthesis")
+            page.get_by_role("option", name="science-photosynthesis", exact=True).click()
+            wait_text(page, "#projection-msg", "highlighted")
+            settle(page, "#projection-plot", seconds=3)
+            shoot(page, "projection")
             page.get_by_role("tab", name="Compare", exact=True).click()
             page.fill("#text-a textarea", "Where does photosynthesis take place?")
             page.fill("#text-b textarea", "Die Photosynthese findet hauptsächlich in den Chloroplasten statt.")
@@ -134,10 +145,30 @@ def main(argv: list[str] | None = None) -> int:
             wait_text(page, "#compare-msg", "Text A")
             settle(page, "#compare-bars", "#compare-lexical", "#compare-maxsim")
             shoot(page, "compare")
+            page.get_by_role("tab", name="Models", exact=True).click()
+            page.click("#models-btn")  # the trained default against its base, e5-small (indexes the corpus once)
+            wait_text(page, "#models-msg", "share")
+            settle(page, "#models-chart")
+            shoot(page, "models")
+            page.get_by_role("tab", name="Evaluate", exact=True).click()
+            page.click("#eval-btn")
+            wait_text(page, "#eval-msg", "best of the sweep")
+            settle(page, "#eval-overlap", "#eval-fusion")
+            shoot(page, "evaluate")
             for tab in ("Corpus", "Model"):
                 page.get_by_role("tab", name=tab, exact=True).click()
                 settle(page)
                 shoot(page, tab.lower())
+            # a phone-sized window: the results keep rank, id, lang, text and score
+            narrow = browser.new_page(viewport={"width": 420, "height": 900})
+            narrow.goto(url, wait_until="load")
+            narrow.wait_for_selector("#query textarea", timeout=WAIT)
+            narrow.fill("#query textarea", "光合作用需要什么？")
+            narrow.click("#search-btn")
+            wait_text(narrow, "#search-msg", "results for")
+            time.sleep(1.5)
+            narrow.locator("#results").screenshot(path=str(OUT / "search-420px.png"))
+            print(f"wrote {(OUT / 'search-420px.png').relative_to(ROOT)}")
             browser.close()
     finally:
         demo.close()

@@ -773,3 +773,73 @@ def test_compare_models_reports_bad_input(state, tmp_path):
     assert "BM25 is the same" in cb.compare_models(state, "", "x", QUERY, mode="BM25").message
     msg = cb.compare_models(state, "", str(tmp_path / "missing" / "model"), QUERY).message
     assert "no such local directory" in msg
+
+
+# ----------------------------------------------------------------------------- Evaluate on uploaded questions
+
+def _beir_files(folder, docs, questions):
+    """corpus.jsonl, queries.jsonl and a qrels .tsv in ``folder`` (questions: (query id, text, relevant doc id))."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": d.id, "text": d.text, "title": d.title or ""})
+                                                 + "\n" for d in docs), encoding="utf-8")
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t, _ in questions),
+                                          encoding="utf-8")
+    (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, _, d in
+                                                                              questions), encoding="utf-8")
+    return folder
+
+
+def test_evaluate_uploaded_questions_match_the_built_in_evaluation(state, tmp_path):
+    """The mini corpus's own questions uploaded as BEIR files (a .zip, or queries + qrels on the session's
+    corpus) score exactly what the built-in choice scores."""
+    import zipfile
+
+    from m3lab.data import load_mini
+
+    ws = state.workspace
+    mini = load_mini(languages=["en", "de"])
+    questions = [(q.id, q.text, next(iter(mini.qrels[q.id]))) for q in mini.queries]
+    files = _beir_files(tmp_path / "beir", mini.corpus, questions)
+    archive = tmp_path / "mini-beir.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(files / "corpus.jsonl", "mini/corpus.jsonl")
+        z.write(files / "queries.jsonl", "mini/queries.jsonl")
+        z.write(files / "qrels.tsv", "mini/qrels/test.tsv")
+    builtin = cb.evaluate_view(ws, "mini corpus: en, de")
+    from_zip = cb.evaluate_view(ws, "", files=[str(archive)], names=["mini-beir.zip"])
+    on_session = cb.evaluate_view(ws, "", files=[str(files / "queries.jsonl"), str(files / "qrels.tsv")],
+                                  names=["queries.jsonl", "qrels.tsv"])
+    assert "⚠️" not in from_zip.message and "⚠️" not in on_session.message, (from_zip.message, on_session.message)
+    assert "on this session's corpus" in on_session.message
+    cols = ["nDCG@10", "MRR@10", "R@10", "R@100"]
+    all_rows = builtin.table[builtin.table["language"] == "all"][["mode"] + cols].reset_index(drop=True)
+    for v in (from_zip, on_session):
+        # the uploaded questions carry no language: one row per mode, equal to the built-in "all" rows
+        got = v.table[["mode"] + cols].drop_duplicates("mode").reset_index(drop=True)
+        assert list(got["mode"]) == list(all_rows["mode"])
+        # the same rankings; both tables hold x100 values rounded to 2 decimals, so a float32 tie-break at a
+        # rounding edge may move one by 0.01
+        np.testing.assert_allclose(got[cols].to_numpy(float), all_rows[cols].to_numpy(float), atol=0.011)
+
+
+def test_evaluate_upload_errors_name_the_file_line_and_field(state, tmp_path):
+    import zipfile
+
+    ws = state.workspace
+    docs = ws.documents[:3]
+    files = _beir_files(tmp_path / "b", docs, [("q1", "a question", docs[0].id)])
+    (files / "qrels.tsv").write_text("q1\tnot-a-doc\t1\n", encoding="utf-8")
+    v = cb.evaluate_view(ws, "", files=[str(files / "queries.jsonl"), str(files / "qrels.tsv"),
+                                        str(files / "corpus.jsonl")], names=["queries.jsonl", "my-qrels.tsv",
+                                                                             "corpus.jsonl"])
+    assert "my-qrels.tsv:1: field 'corpus-id': document 'not-a-doc' is not in corpus.jsonl" in v.message
+    v = cb.evaluate_view(ws, "", files=[str(files / "qrels.tsv")], names=["qrels.tsv"])
+    assert "no queries file" in v.message
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../outside/queries.jsonl", "{}")
+    assert "unsafe path" in cb.evaluate_view(ws, "", files=[str(evil)], names=["evil.zip"]).message
+    assert not (tmp_path / "outside").exists()
+    bad = tmp_path / "notes.txt"
+    bad.write_text("x", encoding="utf-8")
+    assert "unsupported file type '.txt'" in cb.evaluate_view(ws, "", files=[str(bad)], names=["notes.txt"]).message

@@ -230,7 +230,7 @@ def test_model_view_rejects_an_unknown_model(page):
     assert "mini corpus (en)" in page.inner_text("#status")
 
 
-def test_evaluate_view(page):
+def test_evaluate_view(page, tmp_path):
     """Every mode scored on the session's mini corpus: the language x mode table, the per-question ranks,
     the overlap and fusion heatmaps (with the best point marked)."""
     open_tab(page, "Evaluate")
@@ -243,6 +243,16 @@ def test_evaluate_view(page):
     assert "science-" in page.inner_text("#eval-queries") or "rank: hybrid" in page.inner_text("#eval-queries")
     assert plot_ready(page, "#eval-overlap", "g.hm, image, .heatmaplayer") >= 1
     assert plot_ready(page, "#eval-fusion", "g.scatterlayer path.point") >= 1  # the best point's star
+    # the user's own questions, judged against the session's corpus
+    (tmp_path / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": t}) + "\n" for i, t in enumerate(
+        ["How do plants make energy from light?", "How fast is light?"])), encoding="utf-8")
+    (tmp_path / "qrels.tsv").write_text("q0\tscience-photosynthesis/en\t1\nq1\tscience-speed-of-light/en\t1\n",
+                                        encoding="utf-8")
+    page.set_input_files("#eval-files input[type=file]", [str(tmp_path / "queries.jsonl"), str(tmp_path / "qrels.tsv")])
+    page.wait_for_function("() => document.querySelector('#eval-files').innerText.includes('qrels')", timeout=WAIT)
+    page.click("#eval-btn")
+    msg = wait_text(page, "#eval-msg", "on this session's corpus")
+    assert "2 questions" in msg
     open_tab(page, "Search")
 
 

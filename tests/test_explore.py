@@ -70,6 +70,17 @@ def test_fusion_sweep_points_are_hybrid_evaluations(index, dataset):
     assert best == pytest.approx(np.nanmax(sweep.ndcg)) and (w_s, w_c) in [(s, c) for s in (0, 0.3) for c in (0, 1)]
 
 
+def test_hybrid_grid_rankings_equal_one_rank_per_weight_setting(index, dataset):
+    """rank_hybrid_grid shares candidates and score matrices across weights; each ranking must be exactly
+    rank()'s, including settings that draw candidates from dense alone (w_sparse = 0) or skip MaxSim."""
+    q = index.encode_queries([x.text for x in dataset.queries], components=index.stored, show_progress=False)
+    grid = [(1.0, 0.3, 1.0), (1.0, 0.0, 1.0), (1.0, 0.5, 0.0), (0.0, 1.0, 0.5), (1.0, 0.0, 0.0)]
+    for w, got in zip(grid, index.rank_hybrid_grid(q, grid, top_k=10, candidates=20)):
+        ref = index.rank(q, ["hybrid"], top_k=10, weights=w, candidates=20)["hybrid"]
+        np.testing.assert_array_equal(got.indices, ref.indices)
+        np.testing.assert_array_equal(got.scores, ref.scores)
+
+
 def test_bad_requests_are_refused(index, dataset):
     with pytest.raises(ValueError, match="unknown mode"):
         explore_retrieval(index, dataset, ["bm42"])

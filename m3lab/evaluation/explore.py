@@ -151,15 +151,13 @@ def fusion_sweep(index: CorpusIndex, dataset: RetrievalDataset, *, w_dense: floa
         raise ValueError(f"dataset {dataset.name!r} has no query with a relevant document")
     qrels = {q.id: dataset.qrels[q.id] for q in queries}
     encoded = index.encode_queries([q.text for q in queries], components=index.stored, show_progress=False)
-    grid = np.zeros((len(w_sparse), len(w_colbert)))
-    for i, ws in enumerate(w_sparse):
-        for j, wc in enumerate(w_colbert):
-            if not any((w_dense, ws, wc)):
-                grid[i, j] = np.nan
-                continue
-            r = index.rank(encoded, ["hybrid"], top_k=10, weights=(w_dense, ws, wc), candidates=candidates)["hybrid"]
-            run = _run([q.id for q in queries], index.doc_ids, r.indices, r.scores)
-            grid[i, j] = retrieval_metrics(qrels, run)["ndcg@10"]
+    grid = np.full((len(w_sparse), len(w_colbert)), np.nan)  # NaN where every weight is 0
+    points = [(i, j) for i, ws in enumerate(w_sparse) for j, wc in enumerate(w_colbert) if any((w_dense, ws, wc))]
+    rankings = index.rank_hybrid_grid(encoded, [(w_dense, w_sparse[i], w_colbert[j]) for i, j in points], top_k=10,
+                                      candidates=candidates)
+    for (i, j), r in zip(points, rankings):
+        run = _run([q.id for q in queries], index.doc_ids, r.indices, r.scores)
+        grid[i, j] = retrieval_metrics(qrels, run)["ndcg@10"]
     return FusionSweep(float(w_dense), [float(x) for x in w_sparse], [float(x) for x in w_colbert], grid)
 
 

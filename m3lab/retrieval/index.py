@@ -696,6 +696,29 @@ class CorpusIndex:
                 parts[mode].append(scorer.rank(mode, top_k, weights, max(candidates, top_k)))
         return {m: _concat_rankings(p) for m, p in parts.items()}
 
+    def rank_hybrid_grid(self, queries: EncodeOutput, weight_list: Sequence[Sequence[float]], *, top_k: int = 10,
+                         candidates: int = 100) -> list[Ranking]:
+        """``rank(queries, ["hybrid"], weights=w)["hybrid"]`` for every ``w`` of ``weight_list``, with equal
+        results, each score matrix and candidate set computed once for all of them (a fusion-weight sweep)."""
+        weight_list = [tuple(float(x) for x in w) for w in weight_list]
+        for w in weight_list:
+            if len(w) != 3:
+                raise ValueError(f"weights must be (w_dense, w_sparse, w_colbert), got {w}")
+            for c in self.components_for("hybrid", w):
+                self._require(c)
+                if getattr(queries, c) is None:
+                    raise ValueError(f"hybrid at weights {w} needs the queries' {c} embeddings")
+        queries = self.prepare_queries(queries)
+        n_q, n = len(queries), len(self)
+        top_k = min(top_k, n)
+        block = max(1, min(n_q, _SCORE_BLOCK // max(n, 1)))
+        parts: list[list[Ranking]] = [[] for _ in weight_list]
+        for start in range(0, n_q, block):
+            scorer = _BlockScorer(self, queries.select(range(start, min(start + block, n_q))))
+            for k, r in enumerate(scorer.hybrid_grid(weight_list, top_k, max(candidates, top_k))):
+                parts[k].append(r)
+        return [_concat_rankings(p) for p in parts]
+
     def _results(self, ranking: Ranking, row: int) -> list[SearchResult]:
         out = []
         for r, j in enumerate(ranking.indices[row]):

@@ -164,19 +164,49 @@ class _BlockScorer:
             cand = self.muvera_candidates(candidates)
             idx, s = _best_first(cand, self.pairs("colbert", cand), top_k)  # MaxSim of the candidates only
             return Ranking(idx, s, colbert=s)
-        # hybrid (section 3.2): candidates from dense and from sparse, reranked by the weighted sum
+        cand = self.hybrid_candidates(weights, candidates)
+        comps = {c: self.pairs(c, cand) for c in self.index.components_for("hybrid", weights)}
+        return self.hybrid_rank(cand, comps, weights, top_k)
+
+    def hybrid_sources(self, weights: tuple[float, float, float]) -> tuple[str, ...]:
+        """Where hybrid's candidates come from: the weighted ones of dense and sparse (else the first stored)."""
         stored = self.index.stored
         sources = [c for c, w in zip(("dense", "sparse"), weights) if c in stored and w != 0] or \
                   [c for c in ("dense", "sparse") if c in stored][:1]
         if not sources:
             raise ValueError("hybrid search needs dense or sparse embeddings in the index to find candidates")
+        return tuple(sources)
+
+    def hybrid_candidates(self, weights: tuple[float, float, float], candidates: int) -> np.ndarray:
+        """Hybrid's candidates (section 3.2): the union of dense top-``candidates`` and sparse top-``candidates``."""
+        sources = self.hybrid_sources(weights)
         lists = []
         if "dense" in sources:
             lists.append(self.dense_candidates(candidates)[0])
         if "sparse" in sources:
             lists.append(_top_k(self.full("sparse"), candidates, positive=True)[0])
-        cand = _union_rows(np.concatenate(lists, axis=1))
-        comps = {c: self.pairs(c, cand) for c in self.index.components_for("hybrid", weights)}
+        return _union_rows(np.concatenate(lists, axis=1))
+
+    def hybrid_grid(self, weight_list: Sequence[tuple[float, float, float]], top_k: int,
+                    candidates: int) -> list[Ranking]:
+        """:meth:`rank` ``"hybrid"`` at each of ``weight_list``, the same rankings, but every candidate set
+        and its scores computed once: settings that draw candidates from the same functions share them
+        (a fusion-weight sweep needs two sets, not one per point)."""
+        shared: dict[tuple[str, ...], tuple[np.ndarray, dict[str, np.ndarray]]] = {}
+        wanted = {c for w in weight_list for c in self.index.components_for("hybrid", w)}
+        out = []
+        for weights in weight_list:
+            sources = self.hybrid_sources(weights)
+            if sources not in shared:
+                cand = self.hybrid_candidates(weights, candidates)
+                shared[sources] = cand, {c: self.pairs(c, cand) for c in wanted}
+            cand, comps = shared[sources]
+            out.append(self.hybrid_rank(cand, comps, weights, top_k))  # a weight of 0 skips its function
+        return out
+
+    def hybrid_rank(self, cand: np.ndarray, comps: dict[str, np.ndarray], weights: tuple[float, float, float],
+                    top_k: int) -> Ranking:
+        """The candidates ``cand`` reranked by the weighted sum of their scores ``comps``, best first."""
         total = scoring.combine_scores(comps.get("dense"), comps.get("sparse"), comps.get("colbert"), weights)
         total = np.where(cand >= 0, total, -np.inf)
         order = np.argsort(-total, axis=1, kind="stable")[:, :top_k]
