@@ -219,14 +219,15 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                                      "queries.jsonl, qrels/test.tsv), or queries*.jsonl and a qrels .tsv (query-id, "
                                      "corpus-id, score) with corpus*.jsonl, or without it to judge this session's "
                                      f"corpus. At most {MAX_UPLOAD_BYTES // 2**20} MB.", file_count="multiple",
-                                     file_types=[".zip", ".jsonl", ".tsv"], elem_id="eval-files")
+                                     file_types=[".zip", ".jsonl", ".tsv"], elem_id="eval-files", height=120)
                 eval_msg = gr.Markdown(elem_id="eval-msg")
                 eval_table = gr.Dataframe(label="Language × mode (× 100)", interactive=False, elem_id="eval-table")
                 with gr.Row():
                     eval_overlap = gr.Plot(label="Top-10 overlap", elem_id="eval-overlap")
                     eval_fusion = gr.Plot(label="Fusion-weight sweep", elem_id="eval-fusion")
                 eval_queries = gr.Dataframe(label="Per question: rank of the relevant passage", interactive=False,
-                                            wrap=True, elem_id="eval-queries")
+                                            wrap=True, elem_id="eval-queries",
+                                            column_widths=["20%", "5%", "45%"] + ["6%"] * 5)
 
             # ------------------------------------------------------------ Corpus
             with gr.Tab("Corpus", id="corpus", elem_id="tab-corpus"):
@@ -342,9 +343,9 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
         maxsim_pick.input(api_visibility="private", **maxsim_io)
         maxsim_columns.input(api_visibility="private", **maxsim_io)
 
-        def on_projection(sess, colour, aligned, focused, linked, key, progress=gr.Progress()):
-            v = cb.projection_view(state.get(key), sess, colour, aligned, progress=progress, focus=focused,
-                                   link_translations=bool(linked))
+        def on_projection(sess, colour, aligned, highlight, link_translations, key, progress=gr.Progress()):
+            v = cb.projection_view(state.get(key), sess, colour, aligned, progress=progress, focus=highlight,
+                                   link_translations=bool(link_translations))
             return v.message, v.figure
 
         projection_io = dict(fn=on_projection, inputs=[session, color_by, align, focus, links, wskey],
@@ -379,9 +380,10 @@ def build_ui(state: AppState, *, mini_languages=MINI_LANGUAGES) -> gr.Blocks:
                                  names=names or None)
             return v.message, v.table, v.overlap_figure, v.fusion_figure, v.queries
 
-        def on_models(a, b, q, mode_, wd, ws_, wc, k, key, request: gr.Request, progress=gr.Progress()):
-            v = cb.compare_models(state, a, b, q, mode_, wd, ws_, wc, k, key=key, progress=progress,
-                                  session=_session_id(request))
+        def on_models(model_a, model_b, query, mode, w_dense, w_sparse, w_colbert, top_k, key, request: gr.Request,
+                      progress=gr.Progress()):  # the parameter names are the API's (/compare_models)
+            v = cb.compare_models(state, model_a, model_b, query, mode, w_dense, w_sparse, w_colbert, top_k, key=key,
+                                  progress=progress, session=_session_id(request))
             return v.message, v.figure, v.table
 
         models_btn.click(on_models, inputs=[model_a, model_b, models_query, models_mode, mw_dense, mw_sparse,

@@ -133,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             wait_text(page, "#projection-msg", "coloured by topic")
             page.locator("#projection-links input").check()
             wait_text(page, "#projection-msg", "lines join")
-            page.locator("#projection-focus input").fill("science-photosynthesis")
-            page.get_by_role("option", name="science-photosynthesis", exact=True).click()
+            page.locator("#projection-focus input").fill("culture-ramadan")  # a topic away from the query's star
+            page.get_by_role("option", name="culture-ramadan", exact=True).click()
             wait_text(page, "#projection-msg", "highlighted")
             settle(page, "#projection-plot", seconds=3)
             shoot(page, "projection")

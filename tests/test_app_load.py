@@ -63,7 +63,9 @@ def test_the_named_api_acts_on_each_callers_own_session(tmp_path):
         a, b = new_client(), new_client()
         api = a.view_api(return_format="dict", print_info=False)["named_endpoints"]
         assert {"/search", "/upload_corpus", "/load_model", "/load_corpus", "/compare", "/evaluate",
-                "/projection", "/index_spec", "/explain"} <= set(api)
+                "/projection", "/index_spec", "/explain", "/compare_models", "/cancel_indexing"} <= set(api)
+        assert [p["parameter_name"] for p in api["/compare_models"]["parameters"]] == \
+               ["model_a", "model_b", "query", "mode", "w_dense", "w_sparse", "w_colbert", "top_k"]
         assert [p["parameter_name"] for p in api["/explain"]["parameters"]] == ["query", "doc_id"]
         assert [p["parameter_name"] for p in api["/search"]["parameters"]] == \
                ["query", "mode", "w_dense", "w_sparse", "w_colbert", "top_k", "language"]  # language: optional
@@ -82,4 +84,10 @@ def test_the_named_api_acts_on_each_callers_own_session(tmp_path):
         sparse_msg, _sparse_table, maxsim_msg, _maxsim_table = a.predict("where is the tower?", "m0",
                                                                           api_name="/explain")
         assert "m0" in sparse_msg and "s_lex" in sparse_msg and "s_mul" in maxsim_msg
+        # model vs model on this client's corpus (the same model twice: the same ranking), and a cancel with no build
+        models_msg, _chart, models_table = a.predict("", "default", "where is the tower?", "hybrid", 1.0, 0.3, 1.0, 2,
+                                                     api_name="/compare_models")
+        assert "The top 2 share 100%" in models_msg and "upload mine.jsonl" in models_msg
+        assert models_table["headers"][:5] == ["id", "lang", "rank A", "rank B", "change"]
+        assert b.predict(api_name="/cancel_indexing") == "No indexing is running in this session."
         assert app.proc.poll() is None and "Traceback" not in app.output()
