@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             wait_text(page, "#projection-msg", "map of")
             page.locator("#color-by label", has_text="topic").click()
             wait_text(page, "#projection-msg", "coloured by topic")
+            page.locator("#align input").uncheck()  # raw vectors: the lines show how far languages sit apart
+            wait_text(page, "#projection-msg", "map of")
             page.locator("#projection-links input").check()
             wait_text(page, "#projection-msg", "lines join")
             page.locator("#projection-focus input").fill("culture-ramadan")  # a topic away from the query's star
