@@ -2,6 +2,7 @@
 run a query, open every view and check what is rendered; bad input shows messages and crashes nothing."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -33,19 +34,27 @@ def app(tmp_path_factory):
         yield running
 
 
-@pytest.fixture(scope="module")
-def page(app):
+@contextlib.contextmanager
+def browser_page(url: str):
+    """Headless Chromium on the app at ``url``, once it has drawn; ``page.outside_requests`` lists every
+    request the page made outside the app."""
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         outside = []
-        local = (app.url, "data:", "blob:")
+        local = (url, "data:", "blob:")
         page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(local) else None)
-        page.goto(app.url, wait_until="load")
+        page.goto(url, wait_until="load")
         page.wait_for_selector("#query textarea", timeout=WAIT)
         page.outside_requests = outside
         yield page
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(app):
+    with browser_page(app.url) as page:
+        yield page
 
 
 def wait_text(page, selector: str, text: str, timeout: int = WAIT) -> str:

@@ -4,15 +4,14 @@ nothing in the cache. The app runs with one workspace in memory besides the star
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 pytest.importorskip("gradio")
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
 from app_server import running_app  # noqa: E402
-from test_app_e2e import CHROMIUM, CHROMIUM_ARGS, WAIT, open_tab, upload, wait_text  # noqa: E402
+from test_app_e2e import CHROMIUM, WAIT, browser_page, open_tab, upload, wait_text  # noqa: E402
 
 if CHROMIUM is None:
     pytest.skip("no chromium executable (apt-get install chromium)", allow_module_level=True)
@@ -33,13 +32,8 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(app):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(app.url, wait_until="load")
-        page.wait_for_selector("#query textarea", timeout=WAIT)
+    with browser_page(app.url) as page:
         yield page
-        browser.close()
 
 
 def indexes(app) -> list[str]:

@@ -30,6 +30,7 @@ def make_tiny_m3(path, tiny_bert_dir, seed: int = 0) -> M3Model:
         model.sparse_linear.weight.normal_(0, 0.3, generator=g)
         model.sparse_linear.bias.fill_(0.2)
         model.colbert_linear.weight.normal_(0, 0.2, generator=g)
+    model.heads_trained = True  # the seeded heads stand in for trained ones (m3lab_config.json records it)
     model.save_pretrained(path)
     return M3Model.from_pretrained(path, device="cpu")
 
