@@ -19,9 +19,7 @@ import json
 import logging
 import os
 import tempfile
-import threading
 import re
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -197,35 +195,18 @@ def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0
                           plots.empty_figure("run a search to see the results' scores"))
 
     query = (query or "").strip()
-    if not query:
-        return nothing(_error("Type a query first."))
-    if len(query) > MAX_QUERY_CHARS:
-        return nothing(_error(f"The query is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}."))
-    if mode not in MODES:
-        return nothing(_error(f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}."))
     weights = tuple(float(w or 0.0) for w in (w_dense, w_sparse, w_colbert))
-    if mode == "hybrid" and not any(weights):
-        return nothing(_error(_ALL_ZERO))
-    if any(w < 0 for w in weights):
-        return nothing(_error("Weights must be ≥ 0."))
-    top_k = int(min(max(int(10 if top_k is None else top_k), 1), MAX_TOP_K, len(ws.index)))
+    problem = _bad_request(query, mode, weights)
+    if problem:
+        return nothing(_error(problem))
+    top_k = _top_k(top_k, len(ws.index))
     index = ws.index
     language = None if language in (None, "", ALL_LANGUAGES) else str(language)
-    depth = len(index) if language else top_k  # filtered: rank everything, then keep that language
     try:
-        with MODEL_LOCK:
-            q = index.encode_queries(query, components=index.stored)
-        if MODES[mode] == "bm25":
-            positions, scores = ws.bm25().search([query], top_k=depth)
-        else:
-            ranking = index.rank(q, [MODES[mode]], top_k=depth, weights=weights,
-                                 candidates=len(index) if language else 100)[MODES[mode]]
-            positions, scores = ranking.indices, ranking.scores
+        q, kept = _ranked(ws, query, mode, weights, top_k, language)
     except ValueError as err:
         return nothing(_error(md_text(err)))
     vocab, unknown = _vocabulary(ws, query)
-    kept = [(int(j), float(x)) for j, x in zip(positions[0], scores[0]) if j >= 0 and
-            (language is None or index.documents[int(j)].language == language)][:top_k]
     idx = [j for j, _ in kept]
     if not idx:
         empty = nothing(_with_note(f"No document matches **{md_text(query)}** in {mode} mode" +
@@ -264,6 +245,45 @@ def search(ws: Workspace, query: str, mode: str = "hybrid", w_dense: float = 1.0
                       export_ranking(full, {"query": query, "mode": mode, "weights": list(weights),
                                              "language": language or ALL_LANGUAGES, "corpus": ws.corpus.name,
                                              "model": ws.model_name}))
+
+
+def _bad_request(query: str, mode: str, weights: tuple[float, float, float]) -> str | None:
+    """What is wrong with a search request (a stripped query), or ``None``."""
+    if not query:
+        return "Type a query first."
+    if len(query) > MAX_QUERY_CHARS:
+        return f"The query is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}."
+    if mode not in MODES:
+        return f"Unknown mode {mode!r}; choose one of {', '.join(MODES)}."
+    if mode == "hybrid" and not any(weights):
+        return _ALL_ZERO
+    if any(w < 0 for w in weights):
+        return "Weights must be ≥ 0."
+    return None
+
+
+def _top_k(top_k: int | None, n_documents: int) -> int:
+    """The requested depth within 1 .. MAX_TOP_K and the corpus (10 when not given)."""
+    return int(min(max(int(10 if top_k is None else top_k), 1), MAX_TOP_K, n_documents))
+
+
+def _ranked(ws: Workspace, query: str, mode: str, weights: tuple[float, float, float], top_k: int,
+            language: str | None = None) -> tuple[EncodeOutput, list[tuple[int, float]]]:
+    """The query encoded as the index encodes queries, and its ``top_k`` (position, score) in ``mode``
+    (``language``: the whole corpus is ranked, then that language's documents kept)."""
+    index = ws.index
+    depth = len(index) if language else top_k
+    with MODEL_LOCK:
+        q = index.encode_queries(query, components=index.stored)
+    if MODES[mode] == "bm25":
+        positions, scores = ws.bm25().search([query], top_k=depth)
+    else:
+        ranking = index.rank(q, [MODES[mode]], top_k=depth, weights=weights,
+                             candidates=len(index) if language else 100)[MODES[mode]]
+        positions, scores = ranking.indices, ranking.scores
+    kept = [(int(j), float(x)) for j, x in zip(positions[0], scores[0]) if j >= 0 and
+            (language is None or index.documents[int(j)].language == language)]
+    return q, kept[:top_k]
 
 
 def export_ranking(table: pd.DataFrame, meta: dict) -> list[str]:
@@ -351,29 +371,6 @@ def explain(ws: Workspace, query: str, doc_id: str) -> tuple[SparseView, MaxSimV
     return sparse_view(ws, session, doc_id), maxsim_view(ws, session, doc_id)
 
 
-def corpus_scores(ws: Workspace, query: str) -> dict[str, np.ndarray]:
-    """Every document's s_dense, s_lex and s_mul for ``query`` (CorpusIndex.score_documents), the last
-    few queries' kept per workspace: what the score distribution draws."""
-    key = (ws.key, query)
-    with _SCORE_LOCK:
-        if key in _SCORE_CACHE:
-            _SCORE_CACHE.move_to_end(key)
-            return _SCORE_CACHE[key]
-    with MODEL_LOCK:
-        q = ws.index.encode_queries(query, components=ws.index.stored)
-    scores = {k: np.asarray(v, dtype=np.float64) for k, v in
-              ws.index.score_documents(q, list(range(len(ws.index)))).items()}
-    with _SCORE_LOCK:
-        _SCORE_CACHE[key] = scores
-        while len(_SCORE_CACHE) > 16:
-            _SCORE_CACHE.popitem(last=False)
-    return scores
-
-
-_SCORE_CACHE: OrderedDict[tuple[str, str], dict[str, np.ndarray]] = OrderedDict()
-_SCORE_LOCK = threading.Lock()
-
-
 def sparse_view(ws: Workspace, session: Session | None, doc_id: str | None,
                 exclude_special: bool = False) -> SparseView:
     """Token weights of the query and the chosen result, their shared tokens and contributions (sum = s_lex),
@@ -406,7 +403,7 @@ def sparse_view(ws: Workspace, session: Session | None, doc_id: str | None,
     if any(special) or any(w.is_special for w in q_weights + p_weights):
         msg += "\n\n" + SPECIAL_LEGEND
     vocab, unknown = _vocabulary(ws, query)
-    scores = corpus_scores(ws, query)
+    scores = ws.corpus_scores(query)
     pos = ws.position(doc.id)
     weights = (session or {}).get("weights") or [1.0, 0.3, 1.0]
     distribution = plots.score_distribution(
@@ -561,13 +558,15 @@ def projection_view(ws: Workspace, session: Session | None, color_by: str = "lan
     else:
         msg += " (search to place a query in it)"
     focus_arg, links = None, None
-    groups = translation_groups(ws) if link_translations else []
+    translations = translation_groups(ws)
+    groups = translations if link_translations else []
     if focus and focus != NO_FOCUS:
-        if focus.startswith(PASSAGE_FOCUS) and ws.position(focus[len(PASSAGE_FOCUS):]) is not None:
-            pos = ws.position(focus[len(PASSAGE_FOCUS):])
-            group = next((g for g in translation_groups(ws) if pos in g), [pos])
+        doc_id = focus[len(PASSAGE_FOCUS):] if focus.startswith(PASSAGE_FOCUS) else None
+        pos = ws.position(doc_id) if doc_id is not None else None
+        if pos is not None:
+            group = next((g for g in translations if pos in g), [pos])
             focus_arg, groups = group, [g for g in groups if pos in g]
-            msg += f"; highlighted: {md_text(focus[len(PASSAGE_FOCUS):])}" + (
+            msg += f"; highlighted: {md_text(doc_id)}" + (
                 f" and its {len(group) - 1} translation(s)" if len(group) > 1 else "")
         elif focus in set(labels):
             focus_arg = focus
@@ -676,6 +675,11 @@ def compare_models(state: AppState, model_a: str, model_b: str, query: str, mode
     if mode not in COMPARE_MODES:
         return ModelsView(_error(f"Compare models in one of {', '.join(COMPARE_MODES)} (BM25 is the same for "
                                  "every model)."))
+    query = (query or "").strip()
+    weights = tuple(float(w or 0.0) for w in (w_dense, w_sparse, w_colbert))
+    problem = _bad_request(query, mode, weights)
+    if problem:
+        return ModelsView(_error(problem))
     spaces = []
     flag = state.begin_build(session)
     try:
@@ -693,38 +697,34 @@ def compare_models(state: AppState, model_a: str, model_b: str, query: str, mode
                                          f"{md_text(_model_error(name, err))}."))
     finally:
         state.end_build(session, flag)
-    views = [search(ws, query, mode, w_dense, w_sparse, w_colbert, top_k) for ws in spaces]
-    if not views[0].session.get("doc_ids") and views[0].message.startswith("⚠️"):
-        return ModelsView(views[0].message)
-    ids = [list(v.table["id"]) for v in views]
+    top_k = _top_k(top_k, len(current.index))
+    try:
+        ranked = [_ranked(ws, query, mode, weights, top_k) for ws in spaces]  # (encoded query, top k) per model
+    except ValueError as err:
+        return ModelsView(_error(md_text(err)))
+    ids = [[ws.documents[j].id for j, _ in kept] for ws, (_, kept) in zip(spaces, ranked)]
     comparison = compare_rankings(ids[0], ids[1], k=max(len(ids[0]), len(ids[1]), 1))
-    weights = tuple(float(w or 0.0) for w in (w_dense, w_sparse, w_colbert))
-    per_model = []  # every function's score of each document of the union, under each model
     union = [c.doc_id for c in comparison.changes]
-    for ws in spaces:
-        positions = [ws.position(d) for d in union]
-        with MODEL_LOCK:
-            q = ws.index.encode_queries(query.strip(), components=ws.index.stored)
-        per_model.append(ws.index.score_documents(q, positions))
-    short = ["A", "B"]
+    docs = [current.index.documents[current.position(d)] for d in union]
+    # every function's score of each document of the union, under each model
+    per_model = [ws.index.score_documents(q, [ws.position(d) for d in union]) for ws, (q, _) in zip(spaces, ranked)]
     rows = []
-    for r, c in enumerate(comparison.changes):
-        doc = current.index.documents[current.position(c.doc_id)]
+    for r, (c, doc) in enumerate(zip(comparison.changes, docs)):
         row = {"id": c.doc_id, "lang": doc.language or "", "rank A": c.rank_a, "rank B": c.rank_b,
                "change": ("new in B" if c.rank_a is None else "out of B" if c.rank_b is None else
                           "=" if c.moved == 0 else f"↑{c.moved}" if c.moved > 0 else f"↓{-c.moved}")}
-        for m, comps in zip(short, per_model):
-            parts = [float(comps[f][r]) for f in ("dense", "sparse", "colbert")]
-            row[f"score {m}"] = _fmt(float(np.dot(weights, parts)) if mode == "hybrid" else parts[
-                ("dense", "sparse", "multi-vector").index(mode)])
+        for m, comps in zip("AB", per_model):
+            parts = {f: float(comps[f][r]) for f in ("dense", "sparse", "colbert")}
+            row[f"score {m}"] = _fmt(scoring.combine_scores(parts["dense"], parts["sparse"], parts["colbert"], weights)
+                                     if mode == "hybrid" else parts[MODES[mode]])
         for f in ("dense", "sparse", "colbert"):
-            for m, comps in zip(short, per_model):
+            for m, comps in zip("AB", per_model):
                 row[f"{f} {m}"] = _fmt(float(comps[f][r]))
         rows.append(row)
     table = pd.DataFrame(rows)
     rho = comparison.rank_correlation
     moved = sum(1 for c in comparison.changes if c.moved)
-    message = (f"**{md_text(query.strip())}** in **{mode}** mode on {md_text(current.corpus.name)}: A = "
+    message = (f"**{md_text(query)}** in **{mode}** mode on {md_text(current.corpus.name)}: A = "
                f"{md_code(names[0])}, B = {md_code(names[1])}. The top {comparison.k} share "
                f"{comparison.overlap:.0%}; {moved} shared document(s) changed rank"
                + (f", Spearman's ρ of the shared ranks {rho:.2f}" if rho is not None else "") + ".")
@@ -733,8 +733,7 @@ def compare_models(state: AppState, model_a: str, model_b: str, query: str, mode
             message += f" ⚠️ {md_code(name)} has untrained heads: only its dense scores are meaningful."
     figure = plots.rank_change_chart(comparison.changes, k=comparison.k, name_a=f"A: {names[0]}",
                                      name_b=f"B: {names[1]}",
-                                     labels={d.id: _label(d) for d in (current.index.documents[current.position(i)]
-                                                                       for i in union)})
+                                     labels={d.id: _label(d) for d in docs})
     return ModelsView(message, table, figure, comparison)
 
 

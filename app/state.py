@@ -92,8 +92,11 @@ def enforce_cache_limit(keep: Sequence[Path | None] = (), limit: int | None = No
     return removed
 
 
-def index_key(fingerprint: str, documents: Sequence[Document], settings: dict = INDEX_SETTINGS) -> str:
-    """The cache folder name of an index: model fingerprint, corpus hash, settings hash."""
+def index_key(model: M3Model, documents: Sequence[Document], spec: str = "default") -> str:
+    """The cache folder name (and workspace key) of ``model``'s index of ``documents`` with storage ``spec``:
+    model fingerprint, corpus hash, settings hash."""
+    fingerprint = model_fingerprint(model)
+    settings = INDEX_SETTINGS if spec == "default" else {**INDEX_SETTINGS, "spec": spec}
     s = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     return f"{fingerprint[:16]}-{corpus_fingerprint(documents)[:16]}-{s[:8]}"
 
@@ -114,6 +117,8 @@ class Workspace:
     _positions: dict[str, int] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _bm25: BM25Index | None = field(default=None, repr=False)
+    _scores: OrderedDict[str, dict[str, np.ndarray]] = field(default_factory=OrderedDict, repr=False)
+    _scores_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # not _lock: a map fit holds it
 
     @property
     def documents(self) -> list[Document]:
@@ -133,6 +138,23 @@ class Workspace:
                 self._bm25 = BM25Index([document_text(d, with_titles) for d in self.documents],
                                        analyzer=standard_analyzer(None))
             return self._bm25
+
+    def corpus_scores(self, query: str, keep: int = 16) -> dict[str, np.ndarray]:
+        """Every document's s_dense, s_lex and s_mul for ``query`` (:meth:`CorpusIndex.score_documents`),
+        the last ``keep`` queries' kept: what the Sparse view's score distribution draws."""
+        with self._scores_lock:
+            if query in self._scores:
+                self._scores.move_to_end(query)
+                return self._scores[query]
+        with MODEL_LOCK:
+            q = self.index.encode_queries(query, components=self.index.stored)
+        scores = {k: np.asarray(v, dtype=np.float64) for k, v in
+                  self.index.score_documents(q, list(range(len(self.index)))).items()}
+        with self._scores_lock:
+            self._scores[query] = scores
+            while len(self._scores) > keep:
+                self._scores.popitem(last=False)
+        return scores
 
     @property
     def languages(self) -> list[str]:
@@ -252,9 +274,7 @@ def build_workspace(model: M3Model, model_name: str, corpus: Corpus, *, use_cach
     if not corpus.documents:
         raise DataError(f"corpus {corpus.name!r} has no documents")
     options = parse_index_spec(spec)  # a bad spec fails before any work
-    fingerprint = model_fingerprint(model)
-    key = index_key(fingerprint, corpus.documents,
-                    INDEX_SETTINGS if spec == "default" else {**INDEX_SETTINGS, "spec": spec})
+    key = index_key(model, corpus.documents, spec)
     folder = cache_root() / "indexes" / key if use_cache else None
     if folder is not None and folder.is_dir():
         try:
@@ -390,8 +410,7 @@ class AppState:
         shared cache without moving any session to it: what a comparison of two models reads."""
         with self.switch_lock:
             model = self.model(model_name)
-            key = index_key(model_fingerprint(model), corpus.documents,
-                            INDEX_SETTINGS if spec == "default" else {**INDEX_SETTINGS, "spec": spec})
+            key = index_key(model, corpus.documents, spec)
             with self._lock:
                 if key in self._loaded:
                     self._loaded.move_to_end(key)

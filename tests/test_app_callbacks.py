@@ -701,7 +701,7 @@ def test_sparse_view_draws_the_corpus_score_distribution_and_can_hide_special_to
     ws = echo_workspace
     s = cb.search(ws, QUERY, "hybrid", 1.0, 0.3, 1.0, top_k=3)
     v = cb.sparse_view(ws, s.session, "same")
-    scores = cb.corpus_scores(ws, QUERY)
+    scores = ws.corpus_scores(QUERY)
     assert set(scores) == {"dense", "sparse", "colbert"} and all(len(x) == len(ws.index) for x in scores.values())
     pos = ws.position("same")
     row = s.table[s.table["id"] == "same"].iloc[0]

@@ -35,7 +35,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -671,27 +671,12 @@ class CorpusIndex:
         Queries go in blocks; within a block every score matrix is computed once and shared by
         the modes (e.g. the exhaustive MaxSim of ``colbert`` is reused by ``hybrid``'s rerank).
         """
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        if candidates < 1:
-            raise ValueError(f"candidates must be >= 1, got {candidates}")
         weights = tuple(float(w) for w in weights)
-        if len(weights) != 3:
-            raise ValueError(f"weights must be (w_dense, w_sparse, w_colbert), got {weights}")
-        for mode in modes:
-            self._check_mode(mode)
-            for c in self.components_for(mode, weights):
-                self._require(c)
-                if getattr(queries, c) is None:
-                    raise ValueError(f"mode {mode!r} needs the queries' {c} embeddings; encode them with "
-                                     f"return_{c}=True")
+        self._check_request(queries, modes, [weights], top_k, candidates)
         queries = self.prepare_queries(queries)
-        n_q, n = len(queries), len(self)
-        top_k = min(top_k, n)
-        block = query_block or max(1, min(n_q, _SCORE_BLOCK // max(n, 1)))
+        top_k = min(top_k, len(self))
         parts: dict[str, list[Ranking]] = {m: [] for m in modes}
-        for start in range(0, n_q, block):
-            scorer = _BlockScorer(self, queries.select(range(start, min(start + block, n_q))))
+        for scorer in self._block_scorers(queries, query_block):
             for mode in modes:
                 parts[mode].append(scorer.rank(mode, top_k, weights, max(candidates, top_k)))
         return {m: _concat_rankings(p) for m, p in parts.items()}
@@ -701,23 +686,40 @@ class CorpusIndex:
         """``rank(queries, ["hybrid"], weights=w)["hybrid"]`` for every ``w`` of ``weight_list``, with equal
         results, each score matrix and candidate set computed once for all of them (a fusion-weight sweep)."""
         weight_list = [tuple(float(x) for x in w) for w in weight_list]
-        for w in weight_list:
-            if len(w) != 3:
-                raise ValueError(f"weights must be (w_dense, w_sparse, w_colbert), got {w}")
-            for c in self.components_for("hybrid", w):
-                self._require(c)
-                if getattr(queries, c) is None:
-                    raise ValueError(f"hybrid at weights {w} needs the queries' {c} embeddings")
+        self._check_request(queries, ["hybrid"], weight_list, top_k, candidates)
         queries = self.prepare_queries(queries)
-        n_q, n = len(queries), len(self)
-        top_k = min(top_k, n)
-        block = max(1, min(n_q, _SCORE_BLOCK // max(n, 1)))
+        top_k = min(top_k, len(self))
         parts: list[list[Ranking]] = [[] for _ in weight_list]
-        for start in range(0, n_q, block):
-            scorer = _BlockScorer(self, queries.select(range(start, min(start + block, n_q))))
+        for scorer in self._block_scorers(queries):
             for k, r in enumerate(scorer.hybrid_grid(weight_list, top_k, max(candidates, top_k))):
                 parts[k].append(r)
         return [_concat_rankings(p) for p in parts]
+
+    def _check_request(self, queries: EncodeOutput, modes: Sequence[str], weight_list: Sequence[tuple[float, ...]],
+                       top_k: int, candidates: int) -> None:
+        """Refuse a ranking request the index or the queries cannot serve, naming what is missing."""
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        if candidates < 1:
+            raise ValueError(f"candidates must be >= 1, got {candidates}")
+        for weights in weight_list:
+            if len(weights) != 3:
+                raise ValueError(f"weights must be (w_dense, w_sparse, w_colbert), got {weights}")
+        for mode in modes:
+            self._check_mode(mode)
+            for weights in weight_list:
+                for c in self.components_for(mode, weights):
+                    self._require(c)
+                    if getattr(queries, c) is None:
+                        raise ValueError(f"mode {mode!r} needs the queries' {c} embeddings; encode them with "
+                                         f"return_{c}=True")
+
+    def _block_scorers(self, queries: EncodeOutput, query_block: int | None = None) -> Iterator[_BlockScorer]:
+        """One scorer per block of queries, a block's score matrices kept within ``_SCORE_BLOCK`` floats."""
+        n_q = len(queries)
+        block = query_block or max(1, min(n_q, _SCORE_BLOCK // max(len(self), 1)))
+        for start in range(0, n_q, block):
+            yield _BlockScorer(self, queries.select(range(start, min(start + block, n_q))))
 
     def _results(self, ranking: Ranking, row: int) -> list[SearchResult]:
         out = []
